@@ -1,0 +1,1 @@
+// Autograd lands here (issue 2).

@@ -1,0 +1,106 @@
+import CBLAS
+
+/// Row-major single-precision GEMM on raw buffers: C = alpha · op(A) · op(B) + beta · C.
+///
+///   op(A) is [m, k] (A stored [m, k], or [k, m] when `transA`), op(B) is [k, n] (B stored [k, n],
+///   or [n, k] when `transB`), C is [m, n]. Leading dimensions default to the packed row length.
+///
+/// Transposes go to BLAS as flags, never as copies. m == 1 goes to `sgemv` (OpenBLAS 0.3.21 does
+/// not forward small-m gemm to gemv; 5× faster for decode shapes). Runs on the calling thread with
+/// BLAS single-threaded; use `parallelGemm` to split a large product across the workers.
+@inline(__always)
+public func gemm(
+    transA: Bool = false, transB: Bool = false,
+    m: Int, n: Int, k: Int,
+    alpha: Float = 1,
+    a: UnsafePointer<Float>, lda: Int? = nil,
+    b: UnsafePointer<Float>, ldb: Int? = nil,
+    beta: Float = 0,
+    c: UnsafeMutablePointer<Float>, ldc: Int? = nil
+) {
+    if m == 0 || n == 0 { return }
+    let lda = lda ?? (transA ? m : k)
+    let ldb = ldb ?? (transB ? k : n)
+    let ldc = ldc ?? n
+    if k == 0 {
+        for i in 0..<m {
+            if beta == 0 { (c + i * ldc).update(repeating: 0, count: n) } else { simdScale(c + i * ldc, beta, n) }
+        }
+        return
+    }
+    if m == 1 {
+        // y[n] = alpha · op(B)ᵀ-view · x + beta · y, where x is A's single row (or column).
+        let incX = transA ? lda : 1
+        if transB {
+            // B stored [n, k]: y = B · x
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), alpha, b, Int32(ldb),
+                        a, Int32(incX), beta, c, 1)
+        } else {
+            // B stored [k, n]: y = Bᵀ · x
+            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(n), alpha, b, Int32(ldb),
+                        a, Int32(incX), beta, c, 1)
+        }
+        return
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// `gemm` split across the thread policy's workers along the longer of m and n (each worker
+/// calls single-threaded BLAS on its own block). Falls back to one call inside a parallel region
+/// or for small products. Deterministic: each output element is computed by exactly one call.
+public func parallelGemm(
+    transA: Bool = false, transB: Bool = false,
+    m: Int, n: Int, k: Int,
+    alpha: Float = 1,
+    a: UnsafePointer<Float>, lda: Int? = nil,
+    b: UnsafePointer<Float>, ldb: Int? = nil,
+    beta: Float = 0,
+    c: UnsafeMutablePointer<Float>, ldc: Int? = nil
+) {
+    let lda = lda ?? (transA ? m : k)
+    let ldb = ldb ?? (transB ? k : n)
+    let ldc = ldc ?? n
+    let flops = 2 * m * n * k
+    let workers = ZooThreads.count
+    if workers <= 1 || ZooThreads.insideParallelRegion || flops < 4_000_000 || (m < 64 && n < 64) {
+        gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+             b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        return
+    }
+    let pa = SendablePointer(UnsafeMutablePointer(mutating: a))
+    let pb = SendablePointer(UnsafeMutablePointer(mutating: b))
+    let pc = SendablePointer(c)
+    if m >= n || m >= 256 {
+        // Split rows of C (and of op(A)); blocks of 16 rows keep the kernel's panels full.
+        let blocks = (m + 15) / 16
+        ZooThreads.parallelFor(blocks) { range in
+            let r0 = range.lowerBound * 16, r1 = min(m, range.upperBound * 16)
+            let aOffset = transA ? r0 : r0 * lda
+            gemm(transA: transA, transB: transB, m: r1 - r0, n: n, k: k, alpha: alpha,
+                 a: pa.pointer + aOffset, lda: lda, b: pb.pointer, ldb: ldb, beta: beta,
+                 c: pc.pointer + r0 * ldc, ldc: ldc)
+        }
+    } else {
+        let blocks = (n + 15) / 16
+        ZooThreads.parallelFor(blocks) { range in
+            let c0 = range.lowerBound * 16, c1 = min(n, range.upperBound * 16)
+            let bOffset = transB ? c0 * ldb : c0
+            gemm(transA: transA, transB: transB, m: m, n: c1 - c0, k: k, alpha: alpha,
+                 a: pa.pointer, lda: lda, b: pb.pointer + bOffset, ldb: ldb, beta: beta,
+                 c: pc.pointer + c0, ldc: ldc)
+        }
+    }
+}
+
+/// The name of the BLAS core OpenBLAS chose at run time (for benchmark headers).
+public var blasCoreName: String { String(cString: openblas_get_corename()) }
+
+/// Runs `body` with OpenBLAS allowed `threads` threads (for measuring the raw sgemm ceiling
+/// outside any parallel loop), then pins it back to one.
+public func withBLASThreads<R>(_ threads: Int, _ body: () throws -> R) rethrows -> R {
+    precondition(!ZooThreads.insideParallelRegion, "withBLASThreads: not allowed inside a parallel loop")
+    openblas_set_num_threads(Int32(threads))
+    defer { openblas_set_num_threads(1) }
+    return try body()
+}

@@ -1,0 +1,257 @@
+// Element-wise arithmetic with NumPy broadcasting, and the unary functions the layers need.
+// Kernels are generic over small protocol types so each op compiles to its own SIMD loop
+// (closures would block inlining in the hot loop).
+
+public protocol BinaryElementKernel {
+    static func apply(_ a: F16, _ b: F16) -> F16
+    static func apply(_ a: Float, _ b: Float) -> Float
+}
+public enum AddKernel: BinaryElementKernel {
+    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { a + b }
+    @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { a + b }
+}
+public enum SubKernel: BinaryElementKernel {
+    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { a - b }
+    @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { a - b }
+}
+public enum MulKernel: BinaryElementKernel {
+    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { a * b }
+    @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { a * b }
+}
+public enum DivKernel: BinaryElementKernel {
+    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { a / b }
+    @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { a / b }
+}
+public enum MaxKernel: BinaryElementKernel {
+    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { vmax(a, b) }
+    @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { b > a ? b : a }
+}
+
+/// Element-wise work below this many elements runs on one thread (forking costs ~1 µs).
+let parallelElementThreshold = 1 << 16
+
+@inline(__always)
+func binaryLoop<K: BinaryElementKernel>(_: K.Type, _ a: UnsafePointer<Float>, _ strideA: Int,
+                                        _ b: UnsafePointer<Float>, _ strideB: Int,
+                                        _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    switch (strideA, strideB) {
+    case (1, 1):
+        while i + 16 <= n { store16(out + i, K.apply(load16(a + i), load16(b + i))); i += 16 }
+        while i < n { out[i] = K.apply(a[i], b[i]); i += 1 }
+    case (1, 0):
+        let vb = F16(repeating: b[0])
+        while i + 16 <= n { store16(out + i, K.apply(load16(a + i), vb)); i += 16 }
+        while i < n { out[i] = K.apply(a[i], b[0]); i += 1 }
+    case (0, 1):
+        let va = F16(repeating: a[0])
+        while i + 16 <= n { store16(out + i, K.apply(va, load16(b + i))); i += 16 }
+        while i < n { out[i] = K.apply(a[0], b[i]); i += 1 }
+    default:
+        let v = K.apply(a[0], b[0])
+        out.update(repeating: v, count: n)
+    }
+}
+
+extension Tensor {
+    /// Broadcasting binary operation: the result has the broadcast shape of the operands.
+    public static func elementwise<K: BinaryElementKernel>(_ a: Tensor, _ b: Tensor, _ kernel: K.Type, op: String) -> Tensor {
+        let outShape = validate { () throws(ShapeError) in try ShapeCheck.broadcast(a.shape, b.shape, op: op) }
+        let out = Tensor(uninitializedShape: outShape)
+        let n = out.count
+        if n == 0 { return out }
+        let po = SendablePointer(out.storage.pointer)
+        let pa = SendablePointer(a.storage.pointer), pb = SendablePointer(b.storage.pointer)
+        // Fast path: identical shapes, or one operand a single value.
+        if a.count == n && b.count == n || (a.count == n && b.count == 1) || (a.count == 1 && b.count == n) {
+            let sa = a.count == 1 && n > 1 ? 0 : 1, sb = b.count == 1 && n > 1 ? 0 : 1
+            ZooThreads.parallelFor(n, minChunk: parallelElementThreshold) { r in
+                binaryLoop(K.self, pa + r.lowerBound * sa, sa, pb + r.lowerBound * sb, sb, po + r.lowerBound, r.count)
+            }
+            return out
+        }
+        // General path: walk all but the last axis with an odometer; the innermost axis is a SIMD
+        // loop where each operand's stride is 1 (present) or 0 (broadcast).
+        let rank = outShape.count
+        let stA = broadcastStrides(a.shape, to: outShape), stB = broadcastStrides(b.shape, to: outShape)
+        let inner = outShape[rank - 1]
+        let rows = n / inner
+        let outer = Array(outShape.dropLast())
+        ZooThreads.parallelFor(rows, minChunk: Swift.max(1, parallelElementThreshold / Swift.max(inner, 1))) { range in
+            var idx = unravel(range.lowerBound, outer)
+            for row in range {
+                var offA = 0, offB = 0
+                for d in 0..<(rank - 1) { offA += idx[d] * stA[d]; offB += idx[d] * stB[d] }
+                binaryLoop(K.self, pa + offA, stA[rank - 1], pb + offB, stB[rank - 1], po + row * inner, inner)
+                increment(&idx, outer)
+            }
+        }
+        return out
+    }
+
+    public static func + (a: Tensor, b: Tensor) -> Tensor { elementwise(a, b, AddKernel.self, op: "add") }
+    public static func - (a: Tensor, b: Tensor) -> Tensor { elementwise(a, b, SubKernel.self, op: "subtract") }
+    public static func * (a: Tensor, b: Tensor) -> Tensor { elementwise(a, b, MulKernel.self, op: "multiply") }
+    public static func / (a: Tensor, b: Tensor) -> Tensor { elementwise(a, b, DivKernel.self, op: "divide") }
+    public static func + (a: Tensor, b: Float) -> Tensor { a + Tensor.scalar(b) }
+    public static func - (a: Tensor, b: Float) -> Tensor { a - Tensor.scalar(b) }
+    public static func * (a: Tensor, b: Float) -> Tensor { a * Tensor.scalar(b) }
+    public static func / (a: Tensor, b: Float) -> Tensor { a * Tensor.scalar(1 / b) }
+    public static func + (a: Float, b: Tensor) -> Tensor { Tensor.scalar(a) + b }
+    public static func - (a: Float, b: Tensor) -> Tensor { Tensor.scalar(a) - b }
+    public static func * (a: Float, b: Tensor) -> Tensor { Tensor.scalar(a) * b }
+    public static prefix func - (a: Tensor) -> Tensor { a.map(NegKernel.self) }
+    public static func maximum(_ a: Tensor, _ b: Tensor) -> Tensor { elementwise(a, b, MaxKernel.self, op: "maximum") }
+
+    /// In place: self += other (same shape), other scaled by alpha.
+    public mutating func add(_ other: Tensor, scaledBy alpha: Float = 1) {
+        validate { () throws(ShapeError) in
+            guard shape == other.shape else {
+                throw ShapeError("add(in place)", "shapes \(describe(shape)) and \(describe(other.shape)) differ")
+            }
+        }
+        let p = mutablePointer()
+        simdAxpy(alpha, other.pointer, p, count)
+    }
+
+    /// In place: self *= alpha.
+    public mutating func scale(by alpha: Float) { let n = count; simdScale(mutablePointer(), alpha, n) }
+}
+
+/// Strides of `shape` aligned to `target`, with 0 on broadcast axes.
+func broadcastStrides(_ shape: [Int], to target: [Int]) -> [Int] {
+    let own = Tensor.strides(of: shape)
+    let pad = target.count - shape.count
+    return (0..<target.count).map { i in
+        i < pad ? 0 : (shape[i - pad] == 1 && target[i] != 1 ? 0 : own[i - pad])
+    }
+}
+
+@inline(__always) func unravel(_ flat: Int, _ shape: [Int]) -> [Int] {
+    var idx = [Int](repeating: 0, count: shape.count)
+    var r = flat
+    for d in stride(from: shape.count - 1, through: 0, by: -1) where shape[d] > 0 {
+        idx[d] = r % shape[d]; r /= shape[d]
+    }
+    return idx
+}
+
+@inline(__always) func increment(_ idx: inout [Int], _ shape: [Int]) {
+    var d = shape.count - 1
+    while d >= 0 {
+        idx[d] += 1
+        if idx[d] < shape[d] { return }
+        idx[d] = 0; d -= 1
+    }
+}
+
+// MARK: - Unary functions
+
+public protocol UnaryElementKernel {
+    static func apply(_ x: F16) -> F16
+    static func apply(_ x: Float) -> Float
+}
+public enum NegKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { -x }
+    @inline(__always) public static func apply(_ x: Float) -> Float { -x }
+}
+public enum ExpKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { fastExp(x) }
+    @inline(__always) public static func apply(_ x: Float) -> Float { fastExp(x) }
+}
+public enum LogKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 {
+        // Keep IEEE semantics at the domain's edges: log 0 = −inf, log(x<0) = NaN.
+        var r = fastLog(x)
+        r = r.replacing(with: -.infinity, where: x .== 0)
+        return r.replacing(with: .nan, where: x .< 0)
+    }
+    @inline(__always) public static func apply(_ x: Float) -> Float { apply(F16(repeating: x))[0] }
+}
+public enum SigmoidKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { fastSigmoid(x) }
+    @inline(__always) public static func apply(_ x: Float) -> Float { fastSigmoid(F16(repeating: x))[0] }
+}
+public enum TanhKernel: UnaryElementKernel {
+    // tanh x = 2σ(2x) − 1: accurate to ~1e-7 absolute; near 0 the relative error grows, so small
+    // |x| uses the odd series x − x³/3 + 2x⁵/15 − 17x⁷/315.
+    @inline(__always) public static func apply(_ x: F16) -> F16 {
+        let viaSigmoid = 2 * fastSigmoid(2 * x) - 1
+        let x2 = x * x
+        var poly = F16(repeating: -17.0 / 315).addingProduct(x2, F16(repeating: 62.0 / 2835))
+        poly = F16(repeating: 2.0 / 15).addingProduct(poly, x2)
+        poly = F16(repeating: -1.0 / 3).addingProduct(poly, x2)
+        poly = F16(repeating: 1).addingProduct(poly, x2)
+        let series = x * poly
+        let absX = x.replacing(with: -x, where: x .< 0)
+        return viaSigmoid.replacing(with: series, where: absX .< 0.0625)
+    }
+    @inline(__always) public static func apply(_ x: Float) -> Float { apply(F16(repeating: x))[0] }
+}
+public enum SiLUKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { x * fastSigmoid(x) }
+    @inline(__always) public static func apply(_ x: Float) -> Float { apply(F16(repeating: x))[0] }
+}
+public enum SoftplusKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { fastSoftplus(x) }
+    @inline(__always) public static func apply(_ x: Float) -> Float { fastSoftplus(F16(repeating: x))[0] }
+}
+/// GELU with the tanh approximation (as GPT-2 and `gelu(approximate="tanh")`):
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+public enum GELUKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 {
+        let cube: F16 = x * x * x
+        let inner: F16 = F16(repeating: 0.7978845608028654) * x.addingProduct(cube, F16(repeating: 0.044715))
+        let t: F16 = TanhKernel.apply(inner)
+        return F16(repeating: 0.5) * x * (t + 1)
+    }
+    @inline(__always) public static func apply(_ x: Float) -> Float { apply(F16(repeating: x))[0] }
+}
+public enum SquareKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { x * x }
+    @inline(__always) public static func apply(_ x: Float) -> Float { x * x }
+}
+public enum SqrtKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { x.squareRoot() }
+    @inline(__always) public static func apply(_ x: Float) -> Float { x.squareRoot() }
+}
+public enum ReciprocalKernel: UnaryElementKernel {
+    @inline(__always) public static func apply(_ x: F16) -> F16 { 1 / x }
+    @inline(__always) public static func apply(_ x: Float) -> Float { 1 / x }
+}
+
+@inline(__always)
+func unaryLoop<K: UnaryElementKernel>(_: K.Type, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 16 <= n { store16(out + i, K.apply(load16(x + i))); i += 16 }
+    if i < n {
+        // Tail through the vector path too, so every element gets bit-identical math.
+        var tmp = F16()
+        for j in 0..<(n - i) { tmp[j] = x[i + j] }
+        let r = K.apply(tmp)
+        for j in 0..<(n - i) { out[i + j] = r[j] }
+    }
+}
+
+extension Tensor {
+    /// Applies a unary kernel element-wise (SIMD, parallel for large tensors).
+    public func map<K: UnaryElementKernel>(_: K.Type) -> Tensor {
+        var out = Tensor(uninitializedShape: shape)
+        let po = SendablePointer(out.mutablePointer()), px = SendablePointer(storage.pointer)
+        ZooThreads.parallelFor(count, minChunk: parallelElementThreshold) { r in
+            unaryLoop(K.self, px + r.lowerBound, po + r.lowerBound, r.count)
+        }
+        return out
+    }
+
+    public func exp() -> Tensor { map(ExpKernel.self) }
+    public func log() -> Tensor { map(LogKernel.self) }
+    public func tanh() -> Tensor { map(TanhKernel.self) }
+    public func sigmoid() -> Tensor { map(SigmoidKernel.self) }
+    public func silu() -> Tensor { map(SiLUKernel.self) }
+    public func softplus() -> Tensor { map(SoftplusKernel.self) }
+    public func gelu() -> Tensor { map(GELUKernel.self) }
+    public func squared() -> Tensor { map(SquareKernel.self) }
+    public func sqrt() -> Tensor { map(SqrtKernel.self) }
+    public func reciprocal() -> Tensor { map(ReciprocalKernel.self) }
+}

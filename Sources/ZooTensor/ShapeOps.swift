@@ -1,0 +1,145 @@
+// Permute, transpose, slice, concatenation, broadcasting copies and row gathers. All materialise.
+
+extension Tensor {
+    /// Reorders the axes: result axis i is input axis `order[i]`.
+    public func permuted(_ order: [Int]) -> Tensor {
+        validate { () throws(ShapeError) in
+            guard order.count == rank, Set(order) == Set(0..<rank) else {
+                throw ShapeError("permute", "order \(order) is not a permutation of the axes of shape \(describe(shape))")
+            }
+        }
+        if order == Array(0..<rank) { return self }
+        let outShape = order.map { shape[$0] }
+        let inStrides = strides
+        let srcStrides = order.map { inStrides[$0] }
+        var out = Tensor(uninitializedShape: outShape)
+        if count == 0 { return out }
+        let po = SendablePointer(out.mutablePointer()), px = SendablePointer(storage.pointer)
+        let inner = outShape[rank - 1], innerStride = srcStrides[rank - 1]
+        let rows = count / inner
+        let outer = Array(outShape.dropLast())
+        ZooThreads.parallelFor(rows, minChunk: Swift.max(1, 16384 / Swift.max(inner, 1))) { range in
+            var idx = unravel(range.lowerBound, outer)
+            for row in range {
+                var off = 0
+                for d in 0..<(rank - 1) { off += idx[d] * srcStrides[d] }
+                let dst = po + row * inner
+                if innerStride == 1 { dst.update(from: px + off, count: inner) }
+                else { for j in 0..<inner { dst[j] = px[off + j * innerStride] } }
+                increment(&idx, outer)
+            }
+        }
+        return out
+    }
+
+    /// Swaps two axes.
+    public func transposed(_ a: Int = -2, _ b: Int = -1) -> Tensor {
+        let (x, y) = validate { () throws(ShapeError) in
+            (try ShapeCheck.axis(a, rank: rank, op: "transpose", shape: shape),
+             try ShapeCheck.axis(b, rank: rank, op: "transpose", shape: shape))
+        }
+        var order = Array(0..<rank)
+        order.swapAt(x, y)
+        return permuted(order)
+    }
+
+    /// Elements `range` along `axis`.
+    public func slice(axis: Int, _ range: Range<Int>) -> Tensor {
+        let ax = validate { () throws(ShapeError) -> Int in
+            let ax = try ShapeCheck.axis(axis, rank: rank, op: "slice", shape: shape)
+            guard range.lowerBound >= 0, range.upperBound <= shape[ax] else {
+                throw ShapeError("slice", "range \(range) is out of bounds for axis \(axis) of shape \(describe(shape))")
+            }
+            return ax
+        }
+        let (outer, n, inner) = splitAround(ax)
+        var outShape = shape; outShape[ax] = range.count
+        var out = Tensor(uninitializedShape: outShape)
+        let po = out.mutablePointer()
+        let block = range.count * inner
+        for o in 0..<outer {
+            (po + o * block).update(from: storage.pointer + (o * n + range.lowerBound) * inner, count: block)
+        }
+        return out
+    }
+
+    /// Concatenation along `axis`; all other sizes must agree.
+    public static func concatenate(_ parts: [Tensor], axis: Int) -> Tensor {
+        precondition(!parts.isEmpty, "concatenate: no tensors given")
+        let first = parts[0]
+        let ax = validate { () throws(ShapeError) -> Int in
+            let ax = try ShapeCheck.axis(axis, rank: first.rank, op: "concatenate", shape: first.shape)
+            for p in parts.dropFirst() {
+                var a = p.shape, b = first.shape
+                guard a.count == b.count else {
+                    throw ShapeError("concatenate", "ranks differ: \(describe(first.shape)) and \(describe(p.shape))")
+                }
+                a[ax] = 0; b[ax] = 0
+                guard a == b else {
+                    throw ShapeError("concatenate", "shapes \(describe(first.shape)) and \(describe(p.shape)) differ outside axis \(axis)")
+                }
+            }
+            return ax
+        }
+        var outShape = first.shape
+        outShape[ax] = parts.reduce(0) { $0 + $1.shape[ax] }
+        var out = Tensor(uninitializedShape: outShape)
+        let po = out.mutablePointer()
+        let outer = first.shape[..<ax].reduce(1, *), inner = first.shape[(ax + 1)...].reduce(1, *)
+        let outBlock = outShape[ax] * inner
+        var offset = 0
+        for p in parts {
+            let block = p.shape[ax] * inner
+            for o in 0..<outer { (po + o * outBlock + offset).update(from: p.storage.pointer + o * block, count: block) }
+            offset += block
+        }
+        return out
+    }
+
+    /// Splits along `axis` into pieces of the given sizes (the inverse of `concatenate`).
+    public func split(axis: Int, sizes: [Int]) -> [Tensor] {
+        let ax = validate { () throws(ShapeError) -> Int in
+            let ax = try ShapeCheck.axis(axis, rank: rank, op: "split", shape: shape)
+            guard sizes.reduce(0, +) == shape[ax], sizes.allSatisfy({ $0 >= 0 }) else {
+                throw ShapeError("split", "sizes \(sizes) do not add up to \(shape[ax]) along axis \(axis) of shape \(describe(shape))")
+            }
+            return ax
+        }
+        var start = 0
+        return sizes.map { s in defer { start += s }; return slice(axis: ax, start..<(start + s)) }
+    }
+
+    /// Materialises broadcasting to `target`.
+    public func broadcast(to target: [Int]) -> Tensor {
+        if shape == target { return self }
+        return Tensor.zeros(target) + self
+    }
+
+    /// Rows of a [rows, width] (or [rows, ...]) tensor picked by index: result [indices.count, ...].
+    public func gatherRows(_ indices: [Int]) -> Tensor {
+        precondition(rank >= 1, "gatherRows: needs rank ≥ 1, shape is \(describe(shape))")
+        let rows = shape[0], width = rows == 0 ? 0 : count / rows
+        validate { () throws(ShapeError) in
+            if let bad = indices.first(where: { $0 < 0 || $0 >= rows }) {
+                throw ShapeError("gatherRows", "index \(bad) is out of range for \(rows) rows (shape \(describe(shape)))")
+            }
+        }
+        var out = Tensor(uninitializedShape: [indices.count] + shape.dropFirst())
+        let po = out.mutablePointer()
+        for (i, r) in indices.enumerated() { (po + i * width).update(from: storage.pointer + r * width, count: width) }
+        return out
+    }
+
+    /// Adds rows of `source` into the rows of a zero tensor of `rows` rows (the gradient of a gather;
+    /// repeated indices accumulate, in order).
+    public static func scatterAddRows(_ source: Tensor, indices: [Int], rows: Int) -> Tensor {
+        let width = indices.isEmpty ? 0 : source.count / indices.count
+        var out = Tensor.zeros([rows] + source.shape.dropFirst())
+        let po = out.mutablePointer()
+        for (i, r) in indices.enumerated() {
+            precondition(r >= 0 && r < rows, "scatterAddRows: index \(r) is out of range for \(rows) rows")
+            simdAxpy(1, source.pointer + i * width, po + r * width, width)
+        }
+        return out
+    }
+}
