@@ -24,6 +24,15 @@ public struct CausalConv1d: Module {
         self.kernelSize = kernelSize
     }
 
+    /// A layer over existing variables: weight [C, 1, k], bias [C].
+    public init(sharing weight: Variable, bias: Variable?) {
+        precondition(weight.rank == 3 && weight.shape[1] == 1, "CausalConv1d: weight must be [C, 1, k], got \(describe(weight.shape))")
+        self.weight = weight
+        self.bias = bias
+        channels = weight.shape[0]
+        kernelSize = weight.shape[2]
+    }
+
     public func namedParameters() -> [NamedParameter] {
         [NamedParameter("weight", weight)] + (bias.map { [NamedParameter("bias", $0, decays: false)] } ?? [])
     }

@@ -18,6 +18,12 @@ public struct Linear: Module {
         self.bias = bias.map(parameter)
     }
 
+    /// A layer over existing variables (tied weights, tests).
+    public init(sharing weight: Variable, bias: Variable? = nil) {
+        self.weight = weight
+        self.bias = bias
+    }
+
     public var inFeatures: Int { weight.shape[1] }
     public var outFeatures: Int { weight.shape[0] }
 
