@@ -45,6 +45,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -57,6 +58,10 @@ let package = Package(
         .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], swiftSettings: kernelOptimised),
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
+                swiftSettings: optimised),
+        .target(name: "ZooModels", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"],
+                swiftSettings: optimised),
+        .target(name: "ZooExperiment", dependencies: ["ZooTensor", "ZooNN", "ZooMixers", .product(name: "Yams", package: "Yams")],
                 swiftSettings: optimised),
         .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
@@ -73,6 +78,8 @@ let package = Package(
         .testTarget(name: "ZooKernelsTests", dependencies: ["ZooKernels", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
+        .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
+        .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
     ]
 )
