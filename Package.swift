@@ -59,8 +59,9 @@ let package = Package(
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
                 swiftSettings: optimised),
         .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
-        // Checkpoint files (safetensors): plain Swift over ZooTensor, so evaluation and tools can
-        // read checkpoints without the training stack.
+        // Data sources (MQAR, byte-level text) and checkpoint files (safetensors): plain Swift over
+        // ZooTensor, so evaluation and tools can read data and checkpoints without the training stack.
+        .target(name: "ZooData", dependencies: ["ZooTensor"], swiftSettings: optimised),
         .target(name: "ZooCheckpoint", dependencies: ["ZooTensor"], swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
@@ -77,6 +78,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
+        .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"]),
         .testTarget(name: "ZooCheckpointTests", dependencies: ["ZooCheckpoint", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
     ]
