@@ -288,23 +288,24 @@ func sampleWithoutReplacement(_ k: Int, from lo: Int, to hi: Int, using rng: ino
     return out
 }
 
-/// k distinct gap indices, each drawn from the remaining weights renormalised. The running sums
-/// go in index order, so the same uniform number picks the same gap on every machine.
+/// k distinct gap indices, each drawn from the remaining weights renormalised. The total is
+/// summed once and the picked weights subtracted from it; the running sums go in index order, so
+/// the same uniform number picks the same gap on every machine.
 func sampleGaps(_ k: Int, weights: [Double], using rng: inout SeededGenerator) -> [Int] {
     var remaining = weights
+    var total = weights.reduce(0, +)
     var out = [Int]()
     out.reserveCapacity(k)
     for _ in 0..<k {
-        var total = 0.0
-        var last = -1
-        for (g, w) in remaining.enumerated() where w > 0 { total += w; last = g }
         let u = rng.nextUniformDouble() * total
-        var pick = last   // when rounding puts u at the very top of the sum
+        var pick = -1
         var cumulative = 0.0
         for (g, w) in remaining.enumerated() where w > 0 {
             cumulative += w
-            if u < cumulative { pick = g; break }
+            pick = g   // the last positive weight, should rounding put u above the final sum
+            if u < cumulative { break }
         }
+        total -= remaining[pick]
         remaining[pick] = 0
         out.append(pick)
     }
