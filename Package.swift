@@ -78,7 +78,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
-        .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"]),
+        .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
         .testTarget(name: "ZooCheckpointTests", dependencies: ["ZooCheckpoint", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
     ]
