@@ -64,6 +64,10 @@ let package = Package(
         .target(name: "ZooExperiment", dependencies: ["ZooTensor", "ZooNN", "ZooMixers", .product(name: "Yams", package: "Yams")],
                 swiftSettings: optimised),
         .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
+        // Data sources (MQAR, byte-level text) and checkpoint files (safetensors): plain Swift over
+        // ZooTensor, so evaluation and tools can read data and checkpoints without the training stack.
+        .target(name: "ZooData", dependencies: ["ZooTensor"], swiftSettings: optimised),
+        .target(name: "ZooCheckpoint", dependencies: ["ZooTensor"], swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
@@ -81,5 +85,8 @@ let package = Package(
         .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
         .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
+        .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
+        .testTarget(name: "ZooCheckpointTests", dependencies: ["ZooCheckpoint", "ZooTestSupport"],
+                    resources: [.copy("Fixtures")]),
     ]
 )
