@@ -68,11 +68,15 @@ let package = Package(
         // ZooTensor, so evaluation and tools can read data and checkpoints without the training stack.
         .target(name: "ZooData", dependencies: ["ZooTensor"], swiftSettings: optimised),
         .target(name: "ZooCheckpoint", dependencies: ["ZooTensor"], swiftSettings: optimised),
+        .target(name: "ZooTraining", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers", "ZooModels",
+                                                   "ZooData", "ZooCheckpoint", "ZooExperiment",
+                                                   .product(name: "Yams", package: "Yams")],
+                swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
         .executableTarget(name: "zoo", dependencies: [
-            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooBench", "CBLAS",
+            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooModels", "ZooData", "ZooExperiment", "ZooTraining", "ZooBench", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -83,6 +87,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
         .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
+        .testTarget(name: "ZooTrainingTests", dependencies: ["ZooTraining", "ZooTestSupport"]),
         .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
         .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
