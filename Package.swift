@@ -87,7 +87,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
         .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
-        .testTarget(name: "ZooTrainingTests", dependencies: ["ZooTraining", "ZooTestSupport"]),
+        .testTarget(name: "ZooTrainingTests", dependencies: ["ZooTraining", "ZooCheckpoint", "ZooTestSupport"]),
         .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
         .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
