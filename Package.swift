@@ -63,7 +63,7 @@ let package = Package(
                 swiftSettings: optimised),
         .target(name: "ZooExperiment", dependencies: ["ZooTensor", "ZooNN", "ZooMixers", .product(name: "Yams", package: "Yams")],
                 swiftSettings: optimised),
-        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
+        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN", "ZooMixers", "ZooModels", "ZooExperiment", "CBLAS"], swiftSettings: optimised),
         // Data sources (MQAR, byte-level text) and checkpoint files (safetensors): plain Swift over
         // ZooTensor, so evaluation and tools can read data and checkpoints without the training stack.
         .target(name: "ZooData", dependencies: ["ZooTensor"], swiftSettings: optimised),
