@@ -1,7 +1,7 @@
 import Foundation
 
-/// A line chart written as plain SVG (no dependencies): x on a log₂ axis, y on a log₁₀ axis (or
-/// linear for fractions and for data that are not all positive), one line with markers per
+/// A line chart written as plain SVG (no dependencies): x on a log₂ axis, y on a log₁₀ axis (log₂
+/// for bytes, so ticks fall on KiB/MiB; linear for fractions and for data that are not all positive), one line with markers per
 /// series, labelled axes, a title and a legend. A missing point (a skipped measurement) breaks its
 /// line.
 public struct LinePlot {
@@ -35,7 +35,7 @@ public struct LinePlot {
         let ys = series.flatMap { $0.points.compactMap(\.y) }.filter { $0.isFinite }
         let useLogY = logY && !ys.isEmpty && ys.allSatisfy { $0 > 0 }
         let xAxis = LogAxis(values: xs.isEmpty ? [1, 2] : xs, base: 2)
-        let yAxis: Axis = useLogY ? LogAxis(values: ys, base: 10) : LinearAxis(values: ys.isEmpty ? [0, 1] : ys, unit: yUnit)
+        let yAxis: Axis = useLogY ? LogAxis(values: ys, base: yUnit == "bytes" ? 2 : 10) : LinearAxis(values: ys.isEmpty ? [0, 1] : ys, unit: yUnit)
         let (l, t, r, b) = (LinePlot.left, LinePlot.top, LinePlot.right, LinePlot.bottom)
         func px(_ x: Double) -> Double { l + (r - l) * xAxis.fraction(x) }
         func py(_ y: Double) -> Double { b - (b - t) * yAxis.fraction(y) }
@@ -142,10 +142,11 @@ struct LogAxis: Axis {
         let (first, last) = (Int(lo.rounded(.up)), Int(hi.rounded(.down)))
         var majors = first <= last ? (first...last).map { pow(base, Double($0)) } : []
         while majors.count > 9 { majors = majors.enumerated().filter { $0.offset % 2 == 0 }.map(\.element) }
-        if base != 10 || majors.count >= 3 { return majors }
-        // Fewer than three decades: 1-2-5 ticks, then every integer multiple if still sparse.
-        let inRange = { (v: Double) in v >= pow(10, lo) && v <= pow(10, hi) }
-        let decades = (Int(lo.rounded(.down))...Int(hi.rounded(.up)))
+        if majors.count >= (base == 10 ? 3 : 2) { return majors }
+        // A narrow range: 1-2-5 ticks, then every integer multiple if still sparse.
+        let (low, high) = (pow(base, lo), pow(base, hi))
+        let inRange = { (v: Double) in v >= low && v <= high }
+        let decades = Int(log10(low).rounded(.down))...Int(log10(high).rounded(.up))
         let oneTwoFive = decades.flatMap { k in [1.0, 2, 5].map { $0 * pow(10, Double(k)) } }.filter(inRange)
         if oneTwoFive.count >= 3 { return oneTwoFive }
         return decades.flatMap { k in (1...9).map { Double($0) * pow(10, Double(k)) } }.filter(inRange)

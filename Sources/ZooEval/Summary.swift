@@ -18,7 +18,8 @@ public enum EvalFormat {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
         var x = v, i = 0
         while abs(x) >= 1024 && i < units.count - 1 { x /= 1024; i += 1 }
-        return i == 0 ? "\(Int(x)) B" : String(format: x >= 100 ? "%.0f %@" : x >= 10 ? "%.1f %@" : "%.2f %@", x, units[i])
+        if i == 0 { return "\(Int(x)) B" }
+        return String(format: x == x.rounded() || x >= 100 ? "%.0f %@" : x >= 10 ? "%.1f %@" : "%.2f %@", x, units[i])
     }
 
     /// 3 significant digits with k/M/G suffixes.

@@ -62,7 +62,7 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
     @Test func formats() {
         #expect(EvalFormat.bytes(512) == "512 B")
         #expect(EvalFormat.bytes(1536) == "1.50 KiB")
-        #expect(EvalFormat.bytes(3 * 1024 * 1024) == "3.00 MiB")
+        #expect(EvalFormat.bytes(3 * 1024 * 1024) == "3 MiB")
         #expect(EvalFormat.si(12345) == "12.3k")
         #expect(EvalFormat.length(16384) == "16k")
         #expect(EvalFormat.length(384) == "384")
