@@ -106,6 +106,11 @@ public enum PeakMemory {
     /// then covers the process's life so far).
     @discardableResult
     public static func reset() -> Bool {
+        // Hand freed heap memory back first, so the peak is this measurement's and not what
+        // earlier ones left cached in the allocator.
+        #if os(Linux)
+        _ = glibcMallocTrim(0)
+        #endif
         guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
         defer { try? h.close() }
         do { try h.write(contentsOf: Data("5".utf8)) } catch { return false }
@@ -119,6 +124,10 @@ public enum PeakMemory {
         return (r, peakResidentBytes(), isolated)
     }
 }
+
+#if os(Linux)
+@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
 
 /// Monotonic seconds.
 func monotonicSeconds() -> Double {

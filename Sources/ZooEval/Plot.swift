@@ -109,7 +109,7 @@ public struct LinePlot {
         case "fraction": return String(format: "%.1f", v)
         default:
             if v != 0 && (abs(v) < 0.01) { return String(format: "%.0e", v) }
-            return abs(v) >= 1000 ? EvalFormat.si(v) : String(format: "%g", (v * 1000).rounded() / 1000)
+            return abs(v) >= 1000 ? EvalFormat.compact(v) : String(format: "%g", (v * 1000).rounded() / 1000)
         }
     }
 }

@@ -31,6 +31,15 @@ public enum EvalFormat {
         return String(format: abs(x) >= 100 ? "%.0f" : abs(x) >= 10 ? "%.1f" : "%.2f", x) + suffix
     }
 
+    /// `si` without trailing zeros (tick labels: 10k, 2.5k).
+    public static func compact(_ v: Double) -> String {
+        var text = si(v)
+        let suffix = text.last.map { $0.isLetter ? String($0) : "" } ?? ""
+        if !suffix.isEmpty { text.removeLast() }
+        if text.contains(".") { while text.hasSuffix("0") { text.removeLast() }; if text.hasSuffix(".") { text.removeLast() } }
+        return text + suffix
+    }
+
     /// Tick labels: powers of two as 256, 1k, 16k (binary k for lengths).
     public static func length(_ n: Int) -> String {
         n >= 1024 && n % 1024 == 0 ? "\(n / 1024)k" : String(n)

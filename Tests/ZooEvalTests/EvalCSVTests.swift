@@ -65,6 +65,7 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
         #expect(EvalFormat.bytes(3 * 1024 * 1024) == "3 MiB")
         #expect(EvalFormat.si(12345) == "12.3k")
         #expect(EvalFormat.length(16384) == "16k")
+        #expect(EvalFormat.compact(10_000) == "10k" && EvalFormat.compact(2_500) == "2.5k" && EvalFormat.compact(123_000) == "123k")
         #expect(EvalFormat.length(384) == "384")
     }
 }
