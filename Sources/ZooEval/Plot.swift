@@ -149,7 +149,13 @@ struct LogAxis: Axis {
         let decades = Int(log10(low).rounded(.down))...Int(log10(high).rounded(.up))
         let oneTwoFive = decades.flatMap { k in [1.0, 2, 5].map { $0 * pow(10, Double(k)) } }.filter(inRange)
         if oneTwoFive.count >= 3 { return oneTwoFive }
-        return decades.flatMap { k in (1...9).map { Double($0) * pow(10, Double(k)) } }.filter(inRange)
+        let multiples = decades.flatMap { k in (1...9).map { Double($0) * pow(10, Double(k)) } }.filter(inRange)
+        if multiples.count >= 3 { return multiples }
+        // Narrower still (a loss between 1.9 and 2.6): evenly spaced "nice" values.
+        let raw = (high - low) / 4
+        let magnitude = pow(10, log10(raw).rounded(.down))
+        let step = [1.0, 2, 2.5, 5, 10].first { $0 * magnitude >= raw }! * magnitude
+        return stride(from: (low / step).rounded(.up) * step, through: high, by: step).map { ($0 * 1e9).rounded() / 1e9 }
     }
 }
 

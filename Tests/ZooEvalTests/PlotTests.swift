@@ -74,6 +74,7 @@ func samplePlotRows() -> [EvalRow] {
         let narrow = LogAxis(values: [3, 40], base: 10).ticks()
         #expect(narrow.count >= 3 && narrow.contains(10) && narrow.contains(20) && narrow.contains(5))
         #expect(LinearAxis(values: [0.1, 0.9], unit: "fraction").ticks() == [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        #expect(LogAxis(values: [1.9, 2.56], base: 10).ticks().count >= 3)   // a narrow loss range still gets ticks
     }
 
     @Test func metricsAtOneLengthOrWithTooManySeriesAreNotPlotted() {
