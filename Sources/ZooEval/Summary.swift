@@ -61,14 +61,19 @@ public enum EvalSummary {
         return out
     }
 
-    public static func render(_ rows: [EvalRow]) -> String {
+    /// The tables; with more than `maximumSeries` models (a large sweep) only a note, the state-bytes
+    /// check and the skips (the sweep has its own summary, and eval.csv every row).
+    public static func render(_ rows: [EvalRow], maximumSeries: Int = 24) -> String {
         guard !rows.isEmpty else { return "(no measurements)" }
         let labels = labels(rows)
         let metrics = Set(rows.map(\.metric)).sorted { EvalMetric.rank($0) < EvalMetric.rank($1) }
         var out: [String] = []
         var seriesOrder: [String] = []
         for r in rows { let l = labels["\(r.experiment)/\(r.run)"]!; if !seriesOrder.contains(l) { seriesOrder.append(l) } }
-        for metric in metrics {
+        if seriesOrder.count > maximumSeries {
+            out.append("\(seriesOrder.count) models: per-model tables omitted (every row is in eval.csv)")
+        }
+        for metric in metrics where seriesOrder.count <= maximumSeries {
             let mrows = rows.filter { $0.metric == metric }
             let lengths = Array(Set(mrows.map(\.seqLen))).sorted()
             let unit = mrows[0].unit

@@ -117,6 +117,12 @@ func samplePlotRows() -> [EvalRow] {
         #expect(text.contains("4k"))
     }
 
+    @Test func aLargeSweepGetsANoteInsteadOfTables() {
+        let many = (0..<30).map { sampleRow(run: "r\($0)") }
+        let text = EvalSummary.render(many)
+        #expect(text.contains("30 models: per-model tables omitted") && !text.contains("state_bytes (bytes)"))
+    }
+
     @Test func labelsAreMixersUnlessSeveralRunsShareOne() {
         let a = [sampleRow(run: "lr=0.1"), sampleRow(run: "lr=0.01")]
         #expect(Set(EvalSummary.labels(a).values) == ["lr=0.1", "lr=0.01"])
