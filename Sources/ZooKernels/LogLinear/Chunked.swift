@@ -1,0 +1,712 @@
+// Chunked log-linear Mamba-2, forward and backward: O(T log T) time, BLAS for the products.
+//
+//   x [B,T,H,P], dt [B,T,H], A [H], B and C [B,T,G,N], D [H], dt_bias [H], λ [B,T,H,L],
+//   optional initial state [B,H,L0,P,N] at absolute position t0 → y [B,T,H,P], final state [B,H,Lf,P,N]
+//   y_t = Σ_{s≤t} λ_t[level(t,s)] e^{cum_t − cum_s} (C_t·B_s) Δ_s x_s + D x_t   (Naive.swift)
+//
+// Chunks of Q = 2^c tokens sit at absolute multiples of Q (the first and last may be partial). For
+// t in chunk z and s in chunk y < z, level(t,s) = c + bit_length(z XOR y): pairs inside a chunk
+// have levels ≤ c, and across chunks the Fenwick tree repeats at chunk granularity. So, per chunk
+// and head (the SSD building blocks of ../SSD/ChunkBlocks.swift do each product):
+//   (1) intra-chunk   Y  = (C Bᵀ ∘ L ∘ Λ) (Δ∘x),  Λ[i,j] = λ_i[level(i,j)]   (the λ-weighted block)
+//   (2) across chunks for every set bit ℓ'−1 of z:  Y += diag(λ[c+ℓ'] ∘ e^{cum}) C Wᵀ, W the state
+//       of the chunk block [(z>>ℓ')<<ℓ', (z>>(ℓ'−1))<<(ℓ'−1)) decayed to the start of z: one
+//       state-to-output product per non-empty level (popcount(z) of them, ~½ log₂(T/Q) on average)
+//   (3) after the chunk: its end state joins the chunk-level Fenwick tree like a token in the
+//       decode step (merge the full levels below the first zero bit of z), so block states cost one
+//       P×N update each and every level's state pass is one walk over the chunks.
+// The forward keeps only the ~log₂(T/Q) live block states per head. The backward recomputes every
+// block state (one P×N matrix per chunk), then walks the chunks in reverse, accumulating the block
+// states' gradients (each complete before its chunk is reached) and pushing them into the chunks.
+//
+// Gradient of the decay: every term of y and of the final state carries e^{cum_t − cum_s} for a
+// query (or the final position) t and a key s, so ∂loss/∂cum_t = gy_t·(y_t − D x_t) − (Δ_t x_t)·du_t
+// (+ ⟨gF, F⟩ at the last token), du the gradient of Δ∘x: rows minus columns of the whole masked
+// matrix without forming it; then d(Δ_k A) = Σ_{t≥k} ∂loss/∂cum_t (a reverse running sum in Double).
+// The backward therefore takes the forward's output y.
+//
+// Threads: a parallel loop over (batch, B/C group, chunk) computes the shared C Bᵀ; one over
+// (batch, head) runs the sequential chunk walk. In the backward the heads run in waves of one per
+// worker and add their B/C gradients into the group's in head order, so results do not depend on
+// the thread count.
+import Foundation
+import ZooTensor
+
+/// Inputs of a log-linear attention call (Float32, canonical [B, T, H, …] layout). See
+/// `LogLinearShape` for the shapes.
+public struct LogLinearInputs: Sendable {
+    public var x: Tensor
+    public var dt: Tensor
+    public var A: Tensor
+    public var B: Tensor
+    public var C: Tensor
+    public var D: Tensor
+    public var dtBias: Tensor
+    public var lambda: Tensor
+    /// [B, H, L0, P, N] with L0 = logLinearLevelCount(tokens: startPosition); nil when start is 0.
+    public var initialState: Tensor?
+    /// Absolute position of the first token (levels depend on absolute positions).
+    public var startPosition: Int
+
+    public init(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dtBias: Tensor,
+                lambda: Tensor, initialState: Tensor? = nil, startPosition: Int = 0) {
+        self.x = x; self.dt = dt; self.A = A; self.B = B; self.C = C; self.D = D; self.dtBias = dtBias
+        self.lambda = lambda; self.initialState = initialState; self.startPosition = startPosition
+    }
+
+    /// The sizes after checking every shape; stops with a message naming `function` otherwise.
+    public func validatedShape(_ function: String) -> LogLinearShape {
+        func fail(_ what: String) -> Never { fatalError("\(function): \(what)") }
+        if x.rank != 4 { fail("x must be [B,T,H,P], got \(x.shape)") }
+        if B.rank != 4 { fail("B must be [B,T,G,N], got \(B.shape)") }
+        if lambda.rank != 4 { fail("λ must be [B,T,H,L], got \(lambda.shape)") }
+        let s = LogLinearShape(batch: x.shape[0], length: x.shape[1], heads: x.shape[2], headDim: x.shape[3],
+                               groups: B.shape[2], stateSize: B.shape[3], lambdaLevels: lambda.shape[3],
+                               startPosition: startPosition)
+        s.validate(function)
+        let (b, t, h) = (s.batch, s.length, s.heads)
+        if dt.shape != [b, t, h] { fail("dt is \(dt.shape), expected \([b, t, h]) for x \(x.shape)") }
+        for (name, v) in [("A", A), ("D", D), ("dt_bias", dtBias)] where v.shape != [h] {
+            fail("\(name) is \(v.shape), expected [\(h)]")
+        }
+        if B.shape != [b, t, s.groups, s.stateSize] || C.shape != B.shape {
+            fail("B \(B.shape) and C \(C.shape) must both be [\(b),\(t),G,N]")
+        }
+        if lambda.shape[0] != b || lambda.shape[1] != t || lambda.shape[2] != h {
+            fail("λ is \(lambda.shape), expected [\(b),\(t),\(h),L]")
+        }
+        let initialShape = [b, h, s.initialLevels, s.headDim, s.stateSize]
+        if let initialState, initialState.shape != initialShape {
+            fail("initial state is \(initialState.shape), expected \(initialShape) at start position \(startPosition)")
+        }
+        if initialState == nil && startPosition > 0 {
+            fail("start position \(startPosition) needs the initial state [B,H,\(s.initialLevels),P,N] of those tokens")
+        }
+        return s
+    }
+}
+
+public struct LogLinearOptions: Sendable {
+    /// Q: tokens per chunk, a power of two. Pairs within a chunk go through the quadratic block.
+    public var chunkSize: Int
+    public init(chunkSize: Int = 64) { self.chunkSize = chunkSize }
+}
+
+public struct LogLinearForwardResult: Sendable {
+    public var y: Tensor
+    /// [B, H, Lf, P, N], Lf = logLinearLevelCount(tokens: start + T): the decode state after the call.
+    public var finalState: Tensor?
+}
+
+/// Gradients with respect to every input (same shapes); `initialState` only when one was given.
+public struct LogLinearGradients: Sendable {
+    public var x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dtBias: Tensor, lambda: Tensor
+    public var initialState: Tensor?
+}
+
+// MARK: - Geometry
+
+/// Chunk layout and offsets of one call.
+struct LogLinearGeometry {
+    let s: LogLinearShape
+    let Q: Int, chunkBits: Int
+    let t0: Int, T: Int
+    /// First and last absolute chunk index.
+    let firstChunk: Int, lastChunk: Int
+    var chunkCount: Int { lastChunk - firstChunk + 1 }
+    /// The initial state's query (t0 − 1) lies inside the first chunk: its levels ≤ chunkBits are
+    /// pieces of that chunk, not chunk-level blocks.
+    let splitFirstChunk: Bool
+    /// Chunk-level slots: levels 1…maxChunkLevel.
+    let maxChunkLevel: Int
+    let xRow: Int, bcRow: Int, lamRow: Int
+
+    init(_ s: LogLinearShape, chunkSize Q: Int, function: String) {
+        if Q < 1 || Q & (Q - 1) != 0 { fatalError("\(function): chunk size must be a power of two, got \(Q)") }
+        self.s = s; self.Q = Q; chunkBits = Q.trailingZeroBitCount
+        t0 = s.startPosition; T = s.length
+        firstChunk = t0 / Q; lastChunk = (t0 + T - 1) / Q
+        splitFirstChunk = t0 > 0 && t0 % Q != 0
+        maxChunkLevel = bitLength(lastChunk) + 1
+        xRow = s.heads * s.headDim; bcRow = s.groups * s.stateSize; lamRow = s.heads * s.lambdaLevels
+    }
+
+    /// Local token range [lo, hi) of chunk z, and the in-chunk position of its first token.
+    @inline(__always) func range(_ z: Int) -> (lo: Int, hi: Int, offset: Int) {
+        let start = max(z * Q, t0), end = min((z + 1) * Q, t0 + T)
+        return (start - t0, end - t0, start - z * Q)
+    }
+    @inline(__always) func xOffset(_ b: Int, _ t: Int, _ h: Int) -> Int { (b * T + t) * xRow + h * s.headDim }
+    @inline(__always) func bcOffset(_ b: Int, _ t: Int, _ g: Int) -> Int { (b * T + t) * bcRow + g * s.stateSize }
+    @inline(__always) func lamOffset(_ b: Int, _ t: Int, _ h: Int) -> Int { (b * T + t) * lamRow + h * s.lambdaLevels }
+    @inline(__always) func dtOffset(_ b: Int, _ t: Int, _ h: Int) -> Int { (b * T + t) * s.heads + h }
+    /// Slot of chunk z's C Bᵀ (q×q, ld q) in the scores buffer.
+    @inline(__always) func scoresOffset(_ b: Int, _ g: Int, _ z: Int) -> Int {
+        ((b * s.groups + g) * chunkCount + (z - firstChunk)) * Q * Q
+    }
+    var scoresCount: Int { s.batch * s.groups * chunkCount * Q * Q }
+
+    /// The chunk-level block that query chunk z reads at level ℓ' (bit ℓ'−1 of z set) ends at chunk
+    /// e = ((z >> (ℓ'−1)) << (ℓ'−1)) − 1; blocks ending before the first chunk come from the
+    /// initial state. Returns the index of the node created after chunk e, or −1 for an initial one.
+    @inline(__always) func blockNode(queryChunk z: Int, level: Int) -> Int {
+        let e = ((z >> (level - 1)) << (level - 1)) - 1
+        return e >= firstChunk ? e - firstChunk : -1
+    }
+}
+
+/// Calls `body(level, j0, j1)` for the key ranges of query row i of a chunk whose first token sits
+/// at in-chunk position `offset`: level 0 is j = i itself, level ℓ ≥ 1 the row's Fenwick bucket
+/// clipped to the chunk's tokens. The ranges tile 0…i.
+@inline(__always)
+func forEachLevelRange(row i: Int, offset: Int, _ body: (_ level: Int, _ j0: Int, _ j1: Int) -> Void) {
+    body(0, i, i + 1)
+    let r = offset + i
+    var level = 1, bits = r
+    while bits != 0 {
+        if bits & 1 == 1 {
+            let lo = max((r >> level) << level, offset) - offset, hi = ((r >> (level - 1)) << (level - 1)) - offset
+            if hi > lo { body(level, lo, hi) }
+        }
+        bits >>= 1; level += 1
+    }
+}
+
+/// Pointers of the inputs, read by every worker.
+struct LogLinearPointers: @unchecked Sendable {
+    let x, dt, A, B, C, D, dtBias, lambda: UnsafePointer<Float>
+    let initial: UnsafePointer<Float>?
+    init(_ i: LogLinearInputs) {
+        x = i.x.pointer; dt = i.dt.pointer; A = i.A.pointer; B = i.B.pointer; C = i.C.pointer
+        D = i.D.pointer; dtBias = i.dtBias.pointer; lambda = i.lambda.pointer; initial = i.initialState?.pointer
+    }
+}
+
+/// C Bᵀ of every chunk, once per (batch, group): shared by the group's heads.
+private func computeScores(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, into scores: UnsafeMutablePointer<Float>) {
+    let s = geo.s, n = geo.chunkCount
+    ZooThreads.parallelFor(s.batch * s.groups * n) { range in
+        for item in range {
+            let z = geo.firstChunk + item % n, g = (item / n) % s.groups, b = item / (n * s.groups)
+            let (lo, hi, _) = geo.range(z)
+            let q = hi - lo, bc = geo.bcOffset(b, lo, g)
+            gemm(transB: true, m: q, n: q, k: s.stateSize, a: inp.C + bc, lda: geo.bcRow,
+                 b: inp.B + bc, ldb: geo.bcRow, c: scores + geo.scoresOffset(b, g, z), ldc: q)
+        }
+    }
+}
+
+// MARK: - Per-head chunk workspace
+
+/// Scratch for one head's walk over its chunks.
+final class LogLinearChunkWork {
+    let Q: Int, P: Int, N: Int
+    let buffer: ScratchBuffer
+    let delta, logDecay, cum, dCumDummy, rowScale, rowGrad: UnsafeMutablePointer<Float>
+    let xd, decay, weight, matrix, blockScratch, dWeight, du, state: UnsafeMutablePointer<Float>
+
+    init(Q: Int, P: Int, N: Int) {
+        self.Q = Q; self.P = P; self.N = N
+        let vec = Q + 16, mat = Q * Q, side = Q * (P + N) + 16
+        buffer = ScratchBuffer(count: 6 * vec + Q * P + 4 * mat + 2 * side + Q * P + P * N, zeroed: true)
+        var p = buffer.pointer
+        func take(_ n: Int) -> UnsafeMutablePointer<Float> { defer { p += n }; return p }
+        delta = take(vec); logDecay = take(vec); cum = take(vec); dCumDummy = take(vec); rowScale = take(vec); rowGrad = take(vec)
+        xd = take(Q * P); decay = take(mat); weight = take(mat); matrix = take(mat); dWeight = take(mat)
+        blockScratch = take(2 * side); du = take(Q * P); state = take(P * N)
+    }
+
+    /// Δ, the log-decay Δ·A, Δ∘x and the cumulative log-decay of chunk rows [lo, hi) of head (b, h).
+    @inline(__always)
+    func prepare(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, lo: Int, q: Int, decayMatrix: Bool) {
+        let a = inp.A[h], bias = inp.dtBias[h]
+        for i in 0..<q {
+            let d = scalarSoftplus(inp.dt[geo.dtOffset(b, lo + i, h)] + bias)
+            delta[i] = d
+            logDecay[i] = d * a
+            scaledCopy(inp.x + geo.xOffset(b, lo + i, h), d, xd + i * P, P)
+        }
+        ssdChunkDecay(logDecay: logDecay, count: q, cumulative: cum, decay: decayMatrix ? decay : nil, ldDecay: Q)
+    }
+
+    /// Λ[i, j] = λ_i[level(i, j)] on the lower triangle (ld Q).
+    @inline(__always)
+    func buildLevelWeights(q: Int, offset: Int, lambda: UnsafePointer<Float>, lamRow: Int) {
+        for i in 0..<q {
+            let lam = lambda + i * lamRow, row = weight + i * Q
+            forEachLevelRange(row: i, offset: offset) { level, j0, j1 in
+                (row + j0).update(repeating: lam[level], count: j1 - j0)
+            }
+        }
+    }
+}
+
+/// The initial state's levels as the chunk walk uses them: chunk-level blocks (slots 1…) entering
+/// the first chunk, and — when the initial query sits inside the first chunk — its in-chunk levels.
+struct InitialLevels {
+    /// Pointer to the [P, N] matrix of chunk-level slot ℓ' (nil when unoccupied).
+    var slots: [UnsafePointer<Float>?]
+    /// In-chunk levels ℓ ≤ chunkBits of a split first chunk (nil when unoccupied).
+    var pieces: [UnsafePointer<Float>?]
+    /// For the aligned case: which initial levels were summed into the merged slot, and the slot.
+    var mergedLevels: [Int] = []
+    var mergedSlot: Int = 0
+
+    /// `merged` (P·N floats) receives the sum of the initial levels that a chunk-aligned start
+    /// merges into one slot (the decode step's merge at token t0).
+    init(_ geo: LogLinearGeometry, base: UnsafePointer<Float>?, merged: UnsafeMutablePointer<Float>) {
+        let size = geo.s.headDim * geo.s.stateSize, cb = geo.chunkBits, t0 = geo.t0
+        slots = Array(repeating: nil, count: geo.maxChunkLevel + 2)
+        pieces = Array(repeating: nil, count: cb + 1)
+        guard let base, t0 > 0 else { return }
+        let L0 = geo.s.initialLevels
+        func level(_ l: Int) -> UnsafePointer<Float>? {
+            l < L0 && logLinearLevelIsOccupied(l, tokens: t0) ? base + l * size : nil
+        }
+        let z = geo.firstChunk
+        if geo.splitFirstChunk {
+            for l in 0...cb { pieces[l] = level(l) }
+            for lp in 1..<slots.count where (z >> (lp - 1)) & 1 == 1 { slots[lp] = level(cb + lp) }
+        } else {
+            // Token t0 = z·Q merges levels 0…cb+ctz(z) into level cb+ctz(z)+1 = chunk slot ctz(z)+1.
+            let k = cb + z.trailingZeroBitCount
+            merged.update(repeating: 0, count: size)
+            for l in 0...k { if let p = level(l) { simdAxpy(1, p, merged, size); mergedLevels.append(l) } }
+            mergedSlot = z.trailingZeroBitCount + 1
+            slots[mergedSlot] = UnsafePointer(merged)
+            for lp in (mergedSlot + 1)..<slots.count where (z >> (lp - 1)) & 1 == 1 { slots[lp] = level(cb + lp) }
+        }
+    }
+}
+
+// MARK: - Forward
+
+/// Chunked log-linear attention forward (O(T log T)). See the file header for the algorithm.
+public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinearOptions = LogLinearOptions(),
+                                    returnFinalState: Bool = true) -> LogLinearForwardResult {
+    let s = inputs.validatedShape("logLinearChunkedForward")
+    let geo = LogLinearGeometry(s, chunkSize: options.chunkSize, function: "logLinearChunkedForward")
+    let (H, P, N, Q, cb) = (s.heads, s.headDim, s.stateSize, geo.Q, geo.chunkBits)
+    let size = P * N, Lf = s.finalLevels, L0 = s.initialLevels
+    var y = Tensor(uninitializedShape: [s.batch, s.length, H, P])
+    var final: Tensor? = returnFinalState ? Tensor.zeros([s.batch, H, Lf, P, N]) : nil
+    let yp = y.mutablePointer(), finalp = final?.mutablePointer()
+    let scores = ScratchBuffer(count: geo.scoresCount, zeroed: false)
+    withExtendedLifetime(inputs) {
+        let inp = LogLinearPointers(inputs)
+        computeScores(geo, inp, into: scores.pointer)
+        ZooThreads.parallelFor(s.batch * H) { range in
+            let work = LogLinearChunkWork(Q: Q, P: P, N: N)
+            let slotBuffer = ScratchBuffer(count: (geo.maxChunkLevel + 3) * size, zeroed: true)
+            for bh in range {
+                let b = bh / H, h = bh % H, g = h / s.headsPerGroup
+                let initial = InitialLevels(geo, base: inp.initial.map { $0 + bh * L0 * size },
+                                            merged: slotBuffer.pointer + (geo.maxChunkLevel + 2) * size)
+                // Live chunk-level block states: slot ℓ' holds the block read at level c+ℓ', decayed
+                // to the end of its own last chunk; slotReference is the Double running log-decay there.
+                var slotReference = [Double](repeating: 0, count: geo.maxChunkLevel + 2)
+                for lp in 1..<initial.slots.count {
+                    if let p = initial.slots[lp] { (slotBuffer.pointer + lp * size).update(from: p, count: size) }
+                }
+                var before = 0.0          // running log-decay up to the chunk's first token
+                for z in geo.firstChunk...geo.lastChunk {
+                    let (lo, hi, offset) = geo.range(z)
+                    let q = hi - lo
+                    work.prepare(geo, inp, b: b, h: h, lo: lo, q: q, decayMatrix: true)
+                    let lam = inp.lambda + geo.lamOffset(b, lo, h)
+                    work.buildLevelWeights(q: q, offset: offset, lambda: lam, lamRow: geo.lamRow)
+                    let yc = yp + geo.xOffset(b, lo, h), cRows = inp.C + geo.bcOffset(b, lo, g)
+                    ssdIntraChunkForward(q: q, p: P, scores: scores.pointer + geo.scoresOffset(b, g, z), ldScores: q,
+                                         decay: work.decay, ldDecay: Q, weight: work.weight, ldWeight: Q,
+                                         x: work.xd, ldx: P, y: yc, ldy: geo.xRow, accumulate: false, matrix: work.matrix)
+                    for i in 0..<q { simdAxpy(inp.D[h], inp.x + geo.xOffset(b, lo + i, h), yc + i * geo.xRow, P) }
+                    if z == geo.firstChunk && geo.splitFirstChunk {
+                        for l in 0...cb {
+                            guard let piece = initial.pieces[l] else { continue }
+                            for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] }
+                            ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: piece, ldState: N,
+                                                    cumulative: work.cum, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
+                                                    accumulate: true, scratch: work.blockScratch)
+                        }
+                    }
+                    var bits = z, lp = 1
+                    while bits != 0 {
+                        if bits & 1 == 1 {
+                            let f = Float(exp(before - slotReference[lp]))
+                            for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + cb + lp] * f }
+                            ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow,
+                                                    state: slotBuffer.pointer + lp * size, ldState: N,
+                                                    cumulative: work.cum, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
+                                                    accumulate: true, scratch: work.blockScratch)
+                        }
+                        bits >>= 1; lp += 1
+                    }
+                    let total = Double(work.cum[q - 1])
+                    let after = before + total
+                    let bRows = inp.B + geo.bcOffset(b, lo, g)
+                    if z < geo.lastChunk {
+                        // This chunk's end state, then the carry through the full slots below the
+                        // first zero bit of z (the chunk-level merge).
+                        let carry = work.state
+                        ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
+                                             cumulative: work.cum, state: carry, ldState: N, beta: 0, scratch: work.blockScratch)
+                        if z == geo.firstChunk && geo.splitFirstChunk {
+                            let e = Float(exp(total))
+                            for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, carry, size) } }
+                        }
+                        let m = (z + 1).trailingZeroBitCount
+                        if m >= 1 {
+                            for j in 1...m {
+                                simdAxpy(Float(exp(after - slotReference[j])), slotBuffer.pointer + j * size, carry, size)
+                            }
+                        }
+                        (slotBuffer.pointer + (m + 1) * size).update(from: carry, count: size)
+                        slotReference[m + 1] = after
+                    } else if let finalp {
+                        writeFinalState(geo, inp, work: work, b: b, h: h, g: g, q: q, offset: offset, before: before,
+                                        slots: slotBuffer.pointer, slotReference: slotReference, initial: initial,
+                                        out: finalp + bh * Lf * size)
+                    }
+                    before = after
+                }
+            }
+        }
+    }
+    return LogLinearForwardResult(y: y, finalState: final)
+}
+
+/// The decode state after the last token qf (levels of query qf, decayed to qf), from the last
+/// chunk's tokens, the live chunk-level slots and (when the call fits in a split first chunk) the
+/// initial pieces. `work` holds the last chunk's prepared rows.
+private func writeFinalState(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, work: LogLinearChunkWork,
+                             b: Int, h: Int, g: Int, q: Int, offset: Int, before: Double,
+                             slots: UnsafePointer<Float>, slotReference: [Double], initial: InitialLevels,
+                             out: UnsafeMutablePointer<Float>) {
+    let (P, N, cb) = (geo.s.headDim, geo.s.stateSize, geo.chunkBits)
+    let size = P * N, z = geo.lastChunk, last = work.cum[q - 1]
+    var bits = z, lp = 1
+    while bits != 0 {
+        if bits & 1 == 1 {
+            simdAxpy(Float(exp(Double(last) + before - slotReference[lp])), slots + lp * size, out + (cb + lp) * size, size)
+        }
+        bits >>= 1; lp += 1
+    }
+    let (lo, _, _) = geo.range(z)
+    let bRows = inp.B + geo.bcOffset(b, lo, g)
+    forEachLevelRange(row: q - 1, offset: offset) { level, j0, j1 in
+        // Σ_{j∈[j0,j1)} e^{cum_last − cum_j} Δ_j x_j B_jᵀ: the block decays to j1−1, then on to the end.
+        let target = out + level * size
+        ssdChunkStateForward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
+                             ldb: geo.bcRow, cumulative: work.cum + j0, state: target, ldState: N, beta: 0,
+                             scratch: work.blockScratch)
+        simdScale(target, fastExp(last - work.cum[j1 - 1]), size)
+    }
+    if z == geo.firstChunk && geo.splitFirstChunk {
+        let qf = geo.t0 + geo.T - 1, e = fastExp(last)
+        for l in 0...cb {
+            if let piece = initial.pieces[l] { simdAxpy(e, piece, out + max(l, bitLength(qf ^ (geo.t0 - 1))) * size, size) }
+        }
+    }
+}
+
+// MARK: - Backward
+
+/// Chunked log-linear attention backward: gradients of Σ gy·y (+ Σ gF·F when `gradFinalState` is
+/// given, which then needs the forward's `finalState`). `output` is the forward's y.
+public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, gradOutput: Tensor,
+                                     finalState: Tensor? = nil, gradFinalState: Tensor? = nil,
+                                     options: LogLinearOptions = LogLinearOptions()) -> LogLinearGradients {
+    let function = "logLinearChunkedBackward"
+    let s = inputs.validatedShape(function)
+    let geo = LogLinearGeometry(s, chunkSize: options.chunkSize, function: function)
+    let (batch, H, P, N, Q, T) = (s.batch, s.heads, s.headDim, s.stateSize, geo.Q, s.length)
+    let size = P * N, Lf = s.finalLevels, L0 = s.initialLevels, G = s.groups
+    if output.shape != inputs.x.shape || gradOutput.shape != inputs.x.shape {
+        fatalError("\(function): output \(output.shape) and its gradient \(gradOutput.shape) must match x \(inputs.x.shape)")
+    }
+    let finalShape = [batch, H, Lf, P, N]
+    if let gradFinalState {
+        if gradFinalState.shape != finalShape || finalState?.shape != finalShape {
+            fatalError("\(function): the final state's gradient \(gradFinalState.shape) needs the final state \(finalState?.shape ?? []) , both \(finalShape)")
+        }
+    }
+    var dx = Tensor(uninitializedShape: inputs.x.shape), ddt = Tensor(uninitializedShape: inputs.dt.shape)
+    var dlambda = Tensor.zeros(inputs.lambda.shape)
+    var dB = Tensor.zeros(inputs.B.shape), dC = Tensor.zeros(inputs.C.shape)
+    var dInitial: Tensor? = inputs.initialState.map { Tensor.zeros($0.shape) }
+    let dxp = dx.mutablePointer(), ddtp = ddt.mutablePointer(), dlamp = dlambda.mutablePointer()
+    let dBp = dB.mutablePointer(), dCp = dC.mutablePointer(), dInitp = dInitial?.mutablePointer()
+    let scores = ScratchBuffer(count: geo.scoresCount, zeroed: false)
+    let scoreGrads = ScratchBuffer(count: geo.scoresCount, zeroed: true)      // Σ over a group's heads
+    var perHeadA = [Double](repeating: 0, count: batch * H), perHeadD = perHeadA, perHeadBias = perHeadA
+    let waveWidth = max(1, min(ZooThreads.count, batch * H))
+    let chunkScoreCount = geo.chunkCount * Q * Q
+    // Per wave slot: the head's C Bᵀ gradient per chunk, and its other dC, dB rows.
+    let waveBuffers = ScratchBuffer(count: waveWidth * (chunkScoreCount + 2 * T * N), zeroed: false)
+    func waveScores(_ k: Int) -> UnsafeMutablePointer<Float> { waveBuffers.pointer + k * (chunkScoreCount + 2 * T * N) }
+    func waveC(_ k: Int) -> UnsafeMutablePointer<Float> { waveScores(k) + chunkScoreCount }
+    func waveB(_ k: Int) -> UnsafeMutablePointer<Float> { waveC(k) + T * N }
+
+    withExtendedLifetime((inputs, output, gradOutput, finalState, gradFinalState)) {
+        let inp = LogLinearPointers(inputs)
+        let yp = output.pointer, gyp = gradOutput.pointer
+        let finalp = finalState?.pointer, gFp = gradFinalState?.pointer
+        computeScores(geo, inp, into: scores.pointer)
+        perHeadA.withUnsafeMutableBufferPointer { dAp in
+        perHeadD.withUnsafeMutableBufferPointer { dDp in
+        perHeadBias.withUnsafeMutableBufferPointer { dBiasp in
+        for w0 in stride(from: 0, to: batch * H, by: waveWidth) {
+            let w1 = min(batch * H, w0 + waveWidth)
+            ZooThreads.parallelFor(w1 - w0) { range in
+                for k in range {
+                    let bh = w0 + k, b = bh / H, h = bh % H, g = h / s.headsPerGroup
+                    let myScores = waveScores(k), myC = waveC(k), myB = waveB(k)
+                    myC.update(repeating: 0, count: 2 * T * N)
+                    let sums = backwardHead(geo, inp, b: b, h: h, g: g, scores: scores.pointer, y: yp, gy: gyp,
+                                            final: finalp.map { $0 + bh * Lf * size }, gFinal: gFp.map { $0 + bh * Lf * size },
+                                            dx: dxp, ddt: ddtp, dlambda: dlamp, dScores: myScores, dCRows: myC, dBRows: myB,
+                                            dInitial: dInitp.map { $0 + bh * L0 * size })
+                    dAp[bh] = sums.A; dDp[bh] = sums.D; dBiasp[bh] = sums.bias
+                }
+            }
+            // Fold the wave's heads into the group sums in head order (deterministic).
+            for k in 0..<(w1 - w0) {
+                let bh = w0 + k, b = bh / H, g = (bh % H) / s.headsPerGroup
+                let myScores = waveScores(k), myC = waveC(k), myB = waveB(k)
+                ZooThreads.parallelFor(T, minChunk: 64) { rows in
+                    for t in rows {
+                        let o = geo.bcOffset(b, t, g)
+                        simdAxpy(1, myC + t * N, dCp + o, N)
+                        simdAxpy(1, myB + t * N, dBp + o, N)
+                    }
+                }
+                let dst = scoreGrads.pointer + geo.scoresOffset(b, g, geo.firstChunk)
+                ZooThreads.parallelFor(geo.chunkCount) { chunks in
+                    for c in chunks { simdAxpy(1, myScores + c * Q * Q, dst + c * Q * Q, Q * Q) }
+                }
+            }
+        }
+        }}}
+        // dC += dS·B and dB += dSᵀ·C per chunk, with dS = Σ_heads d(C Bᵀ) of the group.
+        let n = geo.chunkCount
+        ZooThreads.parallelFor(batch * G * n) { range in
+            for item in range {
+                let z = geo.firstChunk + item % n, g = (item / n) % G, b = item / (n * G)
+                let (lo, hi, _) = geo.range(z)
+                let q = hi - lo, o = geo.bcOffset(b, lo, g), dS = scoreGrads.pointer + geo.scoresOffset(b, g, z)
+                gemm(m: q, n: N, k: q, a: dS, lda: q, b: inp.B + o, ldb: geo.bcRow, beta: 1, c: dCp + o, ldc: geo.bcRow)
+                gemm(transA: true, m: q, n: N, k: q, a: dS, lda: q, b: inp.C + o, ldb: geo.bcRow, beta: 1, c: dBp + o, ldc: geo.bcRow)
+            }
+        }
+    }
+    func reduce(_ perHead: [Double]) -> Tensor {
+        Tensor(shape: [H]) { buf in
+            for h in 0..<H { var v = 0.0; for b in 0..<batch { v += perHead[b * H + h] }; buf[h] = Float(v) }
+        }
+    }
+    return LogLinearGradients(x: dx, dt: ddt, A: reduce(perHeadA), B: dB, C: dC, D: reduce(perHeadD),
+                              dtBias: reduce(perHeadBias), lambda: dlambda, initialState: dInitial)
+}
+
+/// One head's backward: recomputes the chunk-level block states, then walks the chunks in reverse.
+/// Writes this head's rows of dx, ddt, dλ and dInitial; its C Bᵀ gradients to `dScores` (per chunk,
+/// q×q) and its other dC, dB contributions to `dCRows`, `dBRows` ([T, N]). Returns Σ dA, dD, d(dt_bias).
+private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, g: Int,
+                          scores: UnsafePointer<Float>, y: UnsafePointer<Float>, gy: UnsafePointer<Float>,
+                          final: UnsafePointer<Float>?, gFinal: UnsafePointer<Float>?,
+                          dx: UnsafeMutablePointer<Float>, ddt: UnsafeMutablePointer<Float>,
+                          dlambda: UnsafeMutablePointer<Float>,
+                          dScores: UnsafeMutablePointer<Float>, dCRows: UnsafeMutablePointer<Float>,
+                          dBRows: UnsafeMutablePointer<Float>, dInitial: UnsafeMutablePointer<Float>?)
+    -> (A: Double, D: Double, bias: Double) {
+    let s = geo.s
+    let (P, N, Q, cb, T) = (s.headDim, s.stateSize, geo.Q, geo.chunkBits, s.length)
+    let size = P * N, L0 = s.initialLevels, first = geo.firstChunk, last = geo.lastChunk
+    let work = LogLinearChunkWork(Q: Q, P: P, N: N)
+    let slotCount = geo.maxChunkLevel + 2
+    // nodes[i]: state of the block created after chunk first+i; dNodes: its gradient.
+    let nodeCount = geo.chunkCount - 1
+    let nodeBuffer = ScratchBuffer(count: 2 * max(nodeCount, 1) * size, zeroed: true)
+    let nodes = nodeBuffer.pointer, dNodes = nodeBuffer.pointer + max(nodeCount, 1) * size
+    let initialBuffer = ScratchBuffer(count: (slotCount + 1 + cb + 1) * size, zeroed: true)
+    let dSlots = initialBuffer.pointer                                 // gradients of initial slots
+    let merged = initialBuffer.pointer + slotCount * size
+    let dPieces = merged + size                                        // gradients of initial pieces
+    let initial = InitialLevels(geo, base: inp.initial.map { $0 + (b * s.heads + h) * L0 * size }, merged: merged)
+    var nodeReference = [Double](repeating: 0, count: max(nodeCount, 1))
+    var before = [Double](repeating: 0, count: geo.chunkCount)
+
+    @inline(__always) func state(_ z: Int, _ level: Int) -> (UnsafePointer<Float>?, UnsafeMutablePointer<Float>, Double) {
+        let id = geo.blockNode(queryChunk: z, level: level)
+        if id >= 0 { return (UnsafePointer(nodes + id * size), dNodes + id * size, nodeReference[id]) }
+        return (initial.slots[level], dSlots + level * size, 0)
+    }
+
+    // Pass A: every chunk-level block state, as the forward's carries.
+    var running = 0.0
+    for z in first...last {
+        before[z - first] = running
+        let (lo, hi, _) = geo.range(z)
+        let q = hi - lo
+        work.prepare(geo, inp, b: b, h: h, lo: lo, q: q, decayMatrix: false)
+        let total = Double(work.cum[q - 1])
+        running += total
+        guard z < last else { break }
+        let node = nodes + (z - first) * size
+        ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: inp.B + geo.bcOffset(b, lo, g), ldb: geo.bcRow,
+                             cumulative: work.cum, state: node, ldState: N, beta: 0, scratch: work.blockScratch)
+        if z == first && geo.splitFirstChunk {
+            let e = Float(exp(total))
+            for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, node, size) } }
+        }
+        let m = (z + 1).trailingZeroBitCount
+        if m >= 1 {
+            for j in 1...m {
+                let (st, _, ref) = state(z, j)
+                if let st { simdAxpy(Float(exp(running - ref)), st, node, size) }
+            }
+        }
+        nodeReference[z - first] = running
+    }
+
+    // Pass B: reverse walk.
+    var tail = 0.0, sumA = 0.0, sumD = 0.0, sumBias = 0.0
+    let a = Double(inp.A[h]), skip = inp.D[h], bias = inp.dtBias[h]
+    let xRow = geo.xRow, lamRow = geo.lamRow
+    for z in stride(from: last, through: first, by: -1) {
+        let (lo, hi, offset) = geo.range(z)
+        let q = hi - lo
+        work.prepare(geo, inp, b: b, h: h, lo: lo, q: q, decayMatrix: true)
+        let lam = inp.lambda + geo.lamOffset(b, lo, h), dlam = dlambda + geo.lamOffset(b, lo, h)
+        work.buildLevelWeights(q: q, offset: offset, lambda: lam, lamRow: lamRow)
+        let gyc = gy + geo.xOffset(b, lo, h), yc = y + geo.xOffset(b, lo, h)
+        let cRows = inp.C + geo.bcOffset(b, lo, g), bRows = inp.B + geo.bcOffset(b, lo, g)
+        let dC = dCRows + lo * N, dB = dBRows + lo * N
+        let du = work.du
+        work.dCumDummy.update(repeating: 0, count: Q)
+        // (1) intra-chunk block
+        ssdIntraChunkBackward(q: q, p: P, scores: scores + geo.scoresOffset(b, g, z), ldScores: q,
+                              decay: work.decay, ldDecay: Q, weight: work.weight, ldWeight: Q, x: work.xd, ldx: P,
+                              dY: gyc, lddy: xRow, dX: du, lddx: P, accumulateX: false,
+                              dScores: dScores + (z - first) * Q * Q, dWeight: work.dWeight,
+                              dLogDecay: work.dCumDummy, matrix: work.matrix)
+        for i in 0..<q {
+            let dw = work.dWeight + i * q
+            forEachLevelRange(row: i, offset: offset) { level, j0, j1 in
+                dlam[i * lamRow + level] += j1 - j0 >= 16 ? simdSum(dw + j0, j1 - j0) : (j0..<j1).reduce(0) { $0 + dw[$1] }
+            }
+        }
+        // (2) the initial state's in-chunk pieces and the chunk-level blocks
+        if z == first && geo.splitFirstChunk {
+            for l in 0...cb {
+                guard let piece = initial.pieces[l] else { continue }
+                var levels = [Int](repeating: 0, count: q)
+                for i in 0..<q {
+                    levels[i] = max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))
+                    work.rowScale[i] = lam[i * lamRow + levels[i]]
+                }
+                ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: piece, ldState: N,
+                                         cumulative: work.cum, rowScale: work.rowScale, dY: gyc, lddy: xRow,
+                                         dC: dC, lddc: N, accumulateC: true, dState: dPieces + l * size, lddState: N,
+                                         accumulateState: true, dCumulative: work.dCumDummy, dRowScale: work.rowGrad,
+                                         scratch: work.blockScratch)
+                for i in 0..<q { dlam[i * lamRow + levels[i]] += work.rowGrad[i] }
+            }
+        }
+        var bits = z, lp = 1
+        while bits != 0 {
+            if bits & 1 == 1 {
+                let (st, dst, ref) = state(z, lp)
+                if let st {
+                    let f = Float(exp(before[z - first] - ref))
+                    for i in 0..<q { work.rowScale[i] = lam[i * lamRow + cb + lp] * f }
+                    ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: st, ldState: N,
+                                             cumulative: work.cum, rowScale: work.rowScale, dY: gyc, lddy: xRow,
+                                             dC: dC, lddc: N, accumulateC: true, dState: dst, lddState: N,
+                                             accumulateState: true, dCumulative: work.dCumDummy, dRowScale: work.rowGrad,
+                                             scratch: work.blockScratch)
+                    for i in 0..<q { dlam[i * lamRow + cb + lp] += f * work.rowGrad[i] }
+                }
+            }
+            bits >>= 1; lp += 1
+        }
+        let lastCum = work.cum[q - 1], after = before[z - first] + Double(lastCum)
+        // (3) the final state's gradient (last chunk only)
+        var finalTerm = 0.0
+        if z == last, let gF = gFinal, let F = final {
+            finalTerm = Double(simdDot(gF, F, geo.s.finalLevels * size))
+            var bits = z, lp = 1
+            while bits != 0 {
+                if bits & 1 == 1 {
+                    let (_, dst, ref) = state(z, lp)
+                    simdAxpy(Float(exp(Double(lastCum) + before[z - first] - ref)), gF + (cb + lp) * size, dst, size)
+                }
+                bits >>= 1; lp += 1
+            }
+            forEachLevelRange(row: q - 1, offset: offset) { level, j0, j1 in
+                let scaled = work.state
+                scaledCopy(gF + level * size, fastExp(lastCum - work.cum[j1 - 1]), scaled, size)
+                ssdChunkStateBackward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
+                                      ldb: geo.bcRow, cumulative: work.cum + j0, dState: scaled, lddState: N,
+                                      dX: du + j0 * P, lddx: P, accumulateX: true, dB: dB + j0 * N, lddb: N,
+                                      accumulateB: true, dCumulative: work.dCumDummy, scratch: work.blockScratch)
+            }
+            if z == first && geo.splitFirstChunk {
+                let qf = geo.t0 + T - 1, e = fastExp(lastCum)
+                for l in 0...cb where initial.pieces[l] != nil {
+                    simdAxpy(e, gF + max(l, bitLength(qf ^ (geo.t0 - 1))) * size, dPieces + l * size, size)
+                }
+            }
+        }
+        // (4) the chunk's own end state: its block's gradient is complete now
+        if z < last {
+            let dcs = dNodes + (z - first) * size
+            let m = (z + 1).trailingZeroBitCount
+            if m >= 1 {
+                for j in 1...m {
+                    let (st, dst, ref) = state(z, j)
+                    if st != nil { simdAxpy(Float(exp(after - ref)), dcs, dst, size) }
+                }
+            }
+            if z == first && geo.splitFirstChunk {
+                let e = fastExp(lastCum)
+                for l in 0...cb where initial.pieces[l] != nil { simdAxpy(e, dcs, dPieces + l * size, size) }
+            }
+            ssdChunkStateBackward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
+                                  cumulative: work.cum, dState: dcs, lddState: N, dX: du, lddx: P, accumulateX: true,
+                                  dB: dB, lddb: N, accumulateB: true, dCumulative: work.dCumDummy, scratch: work.blockScratch)
+        }
+        // (5) per token: the decay's gradient (rows minus columns), then Δ, x, dt.
+        for i in stride(from: q - 1, through: 0, by: -1) {
+            let t = lo + i, xo = geo.xOffset(b, t, h)
+            let gyRow = gy + xo, xIn = inp.x + xo, duRow = du + i * P
+            let gx = Double(simdDot(gyRow, xIn, P))
+            var dcum = Double(simdDot(gyRow, y + xo, P)) - Double(skip) * gx - Double(simdDot(work.xd + i * P, duRow, P))
+            if t == T - 1 { dcum += finalTerm }
+            tail += dcum
+            let d = work.delta[i]
+            let dDelta = Double(simdDot(duRow, xIn, P)) + tail * a
+            let dxRow = dx + xo
+            for p in 0..<P { dxRow[p] = d * duRow[p] + skip * gyRow[p] }
+            let pre = Double(inp.dt[geo.dtOffset(b, t, h)] + bias)
+            let ddtValue = dDelta / (1 + exp(-pre))
+            ddt[geo.dtOffset(b, t, h)] = Float(ddtValue)
+            sumA += tail * Double(d); sumD += gx; sumBias += ddtValue
+        }
+        _ = yc
+    }
+    // The initial state's gradient, level by level.
+    if let dInitial {
+        for l in 0...cb where geo.splitFirstChunk && initial.pieces[l] != nil {
+            (dInitial + l * size).update(from: dPieces + l * size, count: size)
+        }
+        for lp in 1..<slotCount where initial.slots[lp] != nil {
+            if !geo.splitFirstChunk && lp == initial.mergedSlot {
+                for l in initial.mergedLevels { (dInitial + l * size).update(from: dSlots + lp * size, count: size) }
+            } else {
+                (dInitial + (cb + lp) * size).update(from: dSlots + lp * size, count: size)
+            }
+        }
+    }
+    return (sumA, sumD, sumBias)
+}
