@@ -117,8 +117,7 @@ struct LogLinearKernelTests {
         let fwd = logLinearChunkedForward(problem.inputs, options: options)
         let gy = randomTensor(fwd.y.shape, seed: 100 + UInt64(index))
         let gF = randomTensor(fwd.finalState!.shape, seed: 200 + UInt64(index))
-        let fast = logLinearChunkedBackward(problem.inputs, output: fwd.y, gradOutput: gy, finalState: fwd.finalState,
-                                            gradFinalState: gF, options: options)
+        let fast = logLinearChunkedBackward(problem.inputs, outputGradient: gy, finalStateGradient: gF, options: options)
         let ref = logLinearNaiveBackward(problem.reference, gradY: gy.doubles, gradFinalState: gF.doubles)
         expectClose(fast.x.doubles, ref.x, tolerance: 1e-5, "\(name): dx")
         expectClose(fast.dt.doubles, ref.dt, tolerance: 1e-5, "\(name): ddt")

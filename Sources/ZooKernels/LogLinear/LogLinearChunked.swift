@@ -2,7 +2,7 @@
 //
 //   x [B,T,H,P], dt [B,T,H], A [H], B and C [B,T,G,N], D [H], dt_bias [H], λ [B,T,H,L],
 //   optional initial state [B,H,L0,P,N] at absolute position t0 → y [B,T,H,P], final state [B,H,Lf,P,N]
-//   y_t = Σ_{s≤t} λ_t[level(t,s)] e^{cum_t − cum_s} (C_t·B_s) Δ_s x_s + D x_t   (Naive.swift)
+//   y_t = Σ_{s≤t} λ_t[level(t,s)] e^{cum_t − cum_s} (C_t·B_s) Δ_s x_s + D x_t   (LogLinearNaive.swift)
 //
 // Chunks of Q = 2^c tokens sit at absolute multiples of Q (the first and last may be partial). For
 // t in chunk z and s in chunk y < z, level(t,s) = c + bit_length(z XOR y): pairs inside a chunk
@@ -19,11 +19,10 @@
 // block state (one P×N matrix per chunk), then walks the chunks in reverse, accumulating the block
 // states' gradients (each complete before its chunk is reached) and pushing them into the chunks.
 //
-// Gradient of the decay: every term of y and of the final state carries e^{cum_t − cum_s} for a
-// query (or the final position) t and a key s, so ∂loss/∂cum_t = gy_t·(y_t − D x_t) − (Δ_t x_t)·du_t
-// (+ ⟨gF, F⟩ at the last token), du the gradient of Δ∘x: rows minus columns of the whole masked
-// matrix without forming it; then d(Δ_k A) = Σ_{t≥k} ∂loss/∂cum_t (a reverse running sum in Double).
-// The backward therefore takes the forward's output y.
+// Gradient of the decay: the blocks give every log-decay a_k = Δ_k A its gradient directly inside
+// its chunk; a block state carried across chunks is scaled by e^{sum of the chunk totals in
+// between}, whose gradient reaches every a_k of those chunks (a difference array over chunks). No
+// reverse cumulative sum over the sequence, so no cancellation of large totals.
 //
 // Threads: a parallel loop over (batch, B/C group, chunk) computes the shared C Bᵀ; one over
 // (batch, head) runs the sequential chunk walk. In the backward the heads run in waves of one per
@@ -202,21 +201,24 @@ private func computeScores(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, i
 final class LogLinearChunkWork {
     let Q: Int, P: Int, N: Int
     let buffer: ScratchBuffer
-    let delta, logDecay, cum, dCumDummy, rowScale, rowGrad: UnsafeMutablePointer<Float>
-    let xd, decay, weight, matrix, blockScratch, dWeight, du, state: UnsafeMutablePointer<Float>
+    let delta, logDecay, suffix, dLogDecay, rowScale, rowGrad: UnsafeMutablePointer<Float>
+    let xd, decay, weight, matrix, blockScratch, dWeight, du, state, state2: UnsafeMutablePointer<Float>
+    /// a_0 + … + a_{q−1}: the chunk's total log-decay.
+    var total: Float = 0
 
     init(Q: Int, P: Int, N: Int) {
         self.Q = Q; self.P = P; self.N = N
         let vec = Q + 16, mat = Q * Q, side = Q * (P + N) + 16
-        buffer = ScratchBuffer(count: 6 * vec + Q * P + 4 * mat + 2 * side + Q * P + P * N, zeroed: true)
+        buffer = ScratchBuffer(count: 6 * vec + Q * P + 4 * mat + 2 * side + Q * P + 2 * P * N, zeroed: true)
         var p = buffer.pointer
         func take(_ n: Int) -> UnsafeMutablePointer<Float> { defer { p += n }; return p }
-        delta = take(vec); logDecay = take(vec); cum = take(vec); dCumDummy = take(vec); rowScale = take(vec); rowGrad = take(vec)
+        delta = take(vec); logDecay = take(vec); suffix = take(vec); dLogDecay = take(vec); rowScale = take(vec); rowGrad = take(vec)
         xd = take(Q * P); decay = take(mat); weight = take(mat); matrix = take(mat); dWeight = take(mat)
-        blockScratch = take(2 * side); du = take(Q * P); state = take(P * N)
+        blockScratch = take(2 * side); du = take(Q * P); state = take(P * N); state2 = take(P * N)
     }
 
-    /// Δ, the log-decay Δ·A, Δ∘x and the cumulative log-decay of chunk rows [lo, hi) of head (b, h).
+    /// Δ, the log-decays a = Δ·A, Δ∘x, the suffix sums a_j + … + a_{q−1} (suffix[q] = 0) and,
+    /// when asked, the decay matrix of chunk rows [lo, lo+q) of head (b, h).
     @inline(__always)
     func prepare(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, lo: Int, q: Int, decayMatrix: Bool) {
         let a = inp.A[h], bias = inp.dtBias[h]
@@ -226,7 +228,11 @@ final class LogLinearChunkWork {
             logDecay[i] = d * a
             scaledCopy(inp.x + geo.xOffset(b, lo + i, h), d, xd + i * P, P)
         }
-        ssdChunkDecay(logDecay: logDecay, count: q, cumulative: cum, decay: decayMatrix ? decay : nil, ldDecay: Q)
+        var run: Float = 0
+        suffix[q] = 0
+        for i in stride(from: q - 1, through: 0, by: -1) { run += logDecay[i]; suffix[i] = run }
+        total = run
+        if decayMatrix { ssdChunkDecay(logDecay: logDecay, count: q, decay: decay, ldDecay: Q) }
     }
 
     /// Λ[i, j] = λ_i[level(i, j)] on the lower triangle (ld Q).
@@ -325,7 +331,7 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                             guard let piece = initial.pieces[l] else { continue }
                             for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] }
                             ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: piece, ldState: N,
-                                                    cumulative: work.cum, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
+                                                    logDecay: work.logDecay, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
                                                     accumulate: true, scratch: work.blockScratch)
                         }
                     }
@@ -336,12 +342,12 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                             for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + cb + lp] * f }
                             ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow,
                                                     state: slotBuffer.pointer + lp * size, ldState: N,
-                                                    cumulative: work.cum, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
+                                                    logDecay: work.logDecay, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
                                                     accumulate: true, scratch: work.blockScratch)
                         }
                         bits >>= 1; lp += 1
                     }
-                    let total = Double(work.cum[q - 1])
+                    let total = Double(work.total)
                     let after = before + total
                     let bRows = inp.B + geo.bcOffset(b, lo, g)
                     if z < geo.lastChunk {
@@ -349,7 +355,7 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                         // first zero bit of z (the chunk-level merge).
                         let carry = work.state
                         ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
-                                             cumulative: work.cum, state: carry, ldState: N, beta: 0, scratch: work.blockScratch)
+                                             logDecay: work.logDecay, state: carry, ldState: N, beta: 0, scratch: work.blockScratch)
                         if z == geo.firstChunk && geo.splitFirstChunk {
                             let e = Float(exp(total))
                             for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, carry, size) } }
@@ -383,7 +389,7 @@ private func writeFinalState(_ geo: LogLinearGeometry, _ inp: LogLinearPointers,
                              slots: UnsafePointer<Float>, slotReference: [Double], initial: InitialLevels,
                              out: UnsafeMutablePointer<Float>) {
     let (P, N, cb) = (geo.s.headDim, geo.s.stateSize, geo.chunkBits)
-    let size = P * N, z = geo.lastChunk, last = work.cum[q - 1]
+    let size = P * N, z = geo.lastChunk, last = work.total
     var bits = z, lp = 1
     while bits != 0 {
         if bits & 1 == 1 {
@@ -394,12 +400,12 @@ private func writeFinalState(_ geo: LogLinearGeometry, _ inp: LogLinearPointers,
     let (lo, _, _) = geo.range(z)
     let bRows = inp.B + geo.bcOffset(b, lo, g)
     forEachLevelRange(row: q - 1, offset: offset) { level, j0, j1 in
-        // Σ_{j∈[j0,j1)} e^{cum_last − cum_j} Δ_j x_j B_jᵀ: the block decays to j1−1, then on to the end.
+        // Σ_{j∈[j0,j1)} e^{a_{j+1}+…+a_{q−1}} Δ_j x_j B_jᵀ: the block decays to j1−1, then on to the end.
         let target = out + level * size
         ssdChunkStateForward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
-                             ldb: geo.bcRow, cumulative: work.cum + j0, state: target, ldState: N, beta: 0,
+                             ldb: geo.bcRow, logDecay: work.logDecay + j0, state: target, ldState: N, beta: 0,
                              scratch: work.blockScratch)
-        simdScale(target, fastExp(last - work.cum[j1 - 1]), size)
+        simdScale(target, fastExp(work.suffix[j1]), size)
     }
     if z == geo.firstChunk && geo.splitFirstChunk {
         let qf = geo.t0 + geo.T - 1, e = fastExp(last)
@@ -411,24 +417,22 @@ private func writeFinalState(_ geo: LogLinearGeometry, _ inp: LogLinearPointers,
 
 // MARK: - Backward
 
-/// Chunked log-linear attention backward: gradients of Σ gy·y (+ Σ gF·F when `gradFinalState` is
-/// given, which then needs the forward's `finalState`). `output` is the forward's y.
-public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, gradOutput: Tensor,
-                                     finalState: Tensor? = nil, gradFinalState: Tensor? = nil,
+/// Chunked log-linear attention backward for the loss Σ y·dY + Σ F·dF (F the final state;
+/// `finalStateGradient` nil means 0). Recomputes what it needs from the inputs.
+public func logLinearChunkedBackward(_ inputs: LogLinearInputs, outputGradient: Tensor,
+                                     finalStateGradient: Tensor? = nil,
                                      options: LogLinearOptions = LogLinearOptions()) -> LogLinearGradients {
     let function = "logLinearChunkedBackward"
     let s = inputs.validatedShape(function)
     let geo = LogLinearGeometry(s, chunkSize: options.chunkSize, function: function)
     let (batch, H, P, N, Q, T) = (s.batch, s.heads, s.headDim, s.stateSize, geo.Q, s.length)
     let size = P * N, Lf = s.finalLevels, L0 = s.initialLevels, G = s.groups
-    if output.shape != inputs.x.shape || gradOutput.shape != inputs.x.shape {
-        fatalError("\(function): output \(output.shape) and its gradient \(gradOutput.shape) must match x \(inputs.x.shape)")
+    if outputGradient.shape != inputs.x.shape {
+        fatalError("\(function): outputGradient is \(outputGradient.shape), expected \(inputs.x.shape)")
     }
     let finalShape = [batch, H, Lf, P, N]
-    if let gradFinalState {
-        if gradFinalState.shape != finalShape || finalState?.shape != finalShape {
-            fatalError("\(function): the final state's gradient \(gradFinalState.shape) needs the final state \(finalState?.shape ?? []) , both \(finalShape)")
-        }
+    if let finalStateGradient, finalStateGradient.shape != finalShape {
+        fatalError("\(function): finalStateGradient is \(finalStateGradient.shape), expected \(finalShape)")
     }
     var dx = Tensor(uninitializedShape: inputs.x.shape), ddt = Tensor(uninitializedShape: inputs.dt.shape)
     var dlambda = Tensor.zeros(inputs.lambda.shape)
@@ -442,15 +446,13 @@ public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, 
     let waveWidth = max(1, min(ZooThreads.count, batch * H))
     let chunkScoreCount = geo.chunkCount * Q * Q
     // Per wave slot: the head's C Bᵀ gradient per chunk, and its other dC, dB rows.
-    let waveBuffers = ScratchBuffer(count: waveWidth * (chunkScoreCount + 2 * T * N), zeroed: false)
-    func waveScores(_ k: Int) -> UnsafeMutablePointer<Float> { waveBuffers.pointer + k * (chunkScoreCount + 2 * T * N) }
-    func waveC(_ k: Int) -> UnsafeMutablePointer<Float> { waveScores(k) + chunkScoreCount }
-    func waveB(_ k: Int) -> UnsafeMutablePointer<Float> { waveC(k) + T * N }
+    let slotFloats = chunkScoreCount + 2 * T * N
+    let waveBuffers = ScratchBuffer(count: waveWidth * slotFloats, zeroed: false)
+    let wave = waveBuffers.pointer
 
-    withExtendedLifetime((inputs, output, gradOutput, finalState, gradFinalState)) {
+    withExtendedLifetime((inputs, outputGradient, finalStateGradient)) {
         let inp = LogLinearPointers(inputs)
-        let yp = output.pointer, gyp = gradOutput.pointer
-        let finalp = finalState?.pointer, gFp = gradFinalState?.pointer
+        let gyp = outputGradient.pointer, gFp = finalStateGradient?.pointer
         computeScores(geo, inp, into: scores.pointer)
         perHeadA.withUnsafeMutableBufferPointer { dAp in
         perHeadD.withUnsafeMutableBufferPointer { dDp in
@@ -460,10 +462,10 @@ public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, 
             ZooThreads.parallelFor(w1 - w0) { range in
                 for k in range {
                     let bh = w0 + k, b = bh / H, h = bh % H, g = h / s.headsPerGroup
-                    let myScores = waveScores(k), myC = waveC(k), myB = waveB(k)
+                    let myScores = wave + k * slotFloats, myC = myScores + chunkScoreCount, myB = myC + T * N
                     myC.update(repeating: 0, count: 2 * T * N)
-                    let sums = backwardHead(geo, inp, b: b, h: h, g: g, scores: scores.pointer, y: yp, gy: gyp,
-                                            final: finalp.map { $0 + bh * Lf * size }, gFinal: gFp.map { $0 + bh * Lf * size },
+                    let sums = backwardHead(geo, inp, b: b, h: h, g: g, scores: scores.pointer, gy: gyp,
+                                            gFinal: gFp.map { $0 + bh * Lf * size },
                                             dx: dxp, ddt: ddtp, dlambda: dlamp, dScores: myScores, dCRows: myC, dBRows: myB,
                                             dInitial: dInitp.map { $0 + bh * L0 * size })
                     dAp[bh] = sums.A; dDp[bh] = sums.D; dBiasp[bh] = sums.bias
@@ -472,7 +474,7 @@ public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, 
             // Fold the wave's heads into the group sums in head order (deterministic).
             for k in 0..<(w1 - w0) {
                 let bh = w0 + k, b = bh / H, g = (bh % H) / s.headsPerGroup
-                let myScores = waveScores(k), myC = waveC(k), myB = waveB(k)
+                let myScores = wave + k * slotFloats, myC = myScores + chunkScoreCount, myB = myC + T * N
                 ZooThreads.parallelFor(T, minChunk: 64) { rows in
                     for t in rows {
                         let o = geo.bcOffset(b, t, g)
@@ -511,9 +513,12 @@ public func logLinearChunkedBackward(_ inputs: LogLinearInputs, output: Tensor, 
 /// One head's backward: recomputes the chunk-level block states, then walks the chunks in reverse.
 /// Writes this head's rows of dx, ddt, dλ and dInitial; its C Bᵀ gradients to `dScores` (per chunk,
 /// q×q) and its other dC, dB contributions to `dCRows`, `dBRows` ([T, N]). Returns Σ dA, dD, d(dt_bias).
+///
+/// Decay gradients: the SSD blocks give each chunk's own log-decay gradients directly. A block
+/// state read (or merged) across chunks carries e^{(sum of the chunk totals in between)}; its
+/// gradient v goes to every log-decay of those chunks, collected as a difference array over chunks.
 private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, g: Int,
-                          scores: UnsafePointer<Float>, y: UnsafePointer<Float>, gy: UnsafePointer<Float>,
-                          final: UnsafePointer<Float>?, gFinal: UnsafePointer<Float>?,
+                          scores: UnsafePointer<Float>, gy: UnsafePointer<Float>, gFinal: UnsafePointer<Float>?,
                           dx: UnsafeMutablePointer<Float>, ddt: UnsafeMutablePointer<Float>,
                           dlambda: UnsafeMutablePointer<Float>,
                           dScores: UnsafeMutablePointer<Float>, dCRows: UnsafeMutablePointer<Float>,
@@ -524,7 +529,7 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
     let size = P * N, L0 = s.initialLevels, first = geo.firstChunk, last = geo.lastChunk
     let work = LogLinearChunkWork(Q: Q, P: P, N: N)
     let slotCount = geo.maxChunkLevel + 2
-    // nodes[i]: state of the block created after chunk first+i; dNodes: its gradient.
+    // nodes[i]: state of the block created after chunk first+i (decayed to its end); dNodes: gradient.
     let nodeCount = geo.chunkCount - 1
     let nodeBuffer = ScratchBuffer(count: 2 * max(nodeCount, 1) * size, zeroed: true)
     let nodes = nodeBuffer.pointer, dNodes = nodeBuffer.pointer + max(nodeCount, 1) * size
@@ -535,11 +540,22 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
     let initial = InitialLevels(geo, base: inp.initial.map { $0 + (b * s.heads + h) * L0 * size }, merged: merged)
     var nodeReference = [Double](repeating: 0, count: max(nodeCount, 1))
     var before = [Double](repeating: 0, count: geo.chunkCount)
+    // Difference array over chunks: a value added on chunks [c1, c2] reaches every log-decay in them.
+    var spread = [Double](repeating: 0, count: geo.chunkCount)
 
-    @inline(__always) func state(_ z: Int, _ level: Int) -> (UnsafePointer<Float>?, UnsafeMutablePointer<Float>, Double) {
+    /// The block read by query chunk z at chunk level ℓ': its state, its gradient, the running
+    /// log-decay at its end, and its last chunk (first − 1 for blocks of the initial state).
+    @inline(__always) func block(_ z: Int, _ level: Int) -> (UnsafePointer<Float>?, UnsafeMutablePointer<Float>, Double, Int) {
         let id = geo.blockNode(queryChunk: z, level: level)
-        if id >= 0 { return (UnsafePointer(nodes + id * size), dNodes + id * size, nodeReference[id]) }
-        return (initial.slots[level], dSlots + level * size, 0)
+        if id >= 0 { return (UnsafePointer(nodes + id * size), dNodes + id * size, nodeReference[id], first + id) }
+        return (initial.slots[level], dSlots + level * size, 0, first - 1)
+    }
+    /// Adds v to the log-decay gradient of every token of chunks c1…c2.
+    @inline(__always) func spreadOver(_ c1: Int, _ c2: Int, _ v: Double) {
+        let lo = max(c1, first)
+        if lo > c2 { return }
+        spread[c2 - first] += v
+        if lo - 1 >= first { spread[lo - 1 - first] -= v }
     }
 
     // Pass A: every chunk-level block state, as the forward's carries.
@@ -549,12 +565,12 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
         let (lo, hi, _) = geo.range(z)
         let q = hi - lo
         work.prepare(geo, inp, b: b, h: h, lo: lo, q: q, decayMatrix: false)
-        let total = Double(work.cum[q - 1])
+        let total = Double(work.total)
         running += total
         guard z < last else { break }
         let node = nodes + (z - first) * size
         ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: inp.B + geo.bcOffset(b, lo, g), ldb: geo.bcRow,
-                             cumulative: work.cum, state: node, ldState: N, beta: 0, scratch: work.blockScratch)
+                             logDecay: work.logDecay, state: node, ldState: N, beta: 0, scratch: work.blockScratch)
         if z == first && geo.splitFirstChunk {
             let e = Float(exp(total))
             for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, node, size) } }
@@ -562,7 +578,7 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
         let m = (z + 1).trailingZeroBitCount
         if m >= 1 {
             for j in 1...m {
-                let (st, _, ref) = state(z, j)
+                let (st, _, ref, _) = block(z, j)
                 if let st { simdAxpy(Float(exp(running - ref)), st, node, size) }
             }
         }
@@ -570,130 +586,153 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
     }
 
     // Pass B: reverse walk.
-    var tail = 0.0, sumA = 0.0, sumD = 0.0, sumBias = 0.0
-    let a = Double(inp.A[h]), skip = inp.D[h], bias = inp.dtBias[h]
+    var pending = 0.0, sumA = 0.0, sumD = 0.0, sumBias = 0.0
+    let a = inp.A[h], skip = inp.D[h], bias = inp.dtBias[h]
     let xRow = geo.xRow, lamRow = geo.lamRow
+    let dLog = work.dLogDecay
     for z in stride(from: last, through: first, by: -1) {
         let (lo, hi, offset) = geo.range(z)
         let q = hi - lo
         work.prepare(geo, inp, b: b, h: h, lo: lo, q: q, decayMatrix: true)
         let lam = inp.lambda + geo.lamOffset(b, lo, h), dlam = dlambda + geo.lamOffset(b, lo, h)
         work.buildLevelWeights(q: q, offset: offset, lambda: lam, lamRow: lamRow)
-        let gyc = gy + geo.xOffset(b, lo, h), yc = y + geo.xOffset(b, lo, h)
+        let gyc = gy + geo.xOffset(b, lo, h)
         let cRows = inp.C + geo.bcOffset(b, lo, g), bRows = inp.B + geo.bcOffset(b, lo, g)
         let dC = dCRows + lo * N, dB = dBRows + lo * N
         let du = work.du
-        work.dCumDummy.update(repeating: 0, count: Q)
+        let beforeZ = before[z - first], after = beforeZ + Double(work.total)
+        var wholeChunk = 0.0            // added to every log-decay of this chunk
+        dLog.update(repeating: 0, count: q)
         // (1) intra-chunk block
         ssdIntraChunkBackward(q: q, p: P, scores: scores + geo.scoresOffset(b, g, z), ldScores: q,
                               decay: work.decay, ldDecay: Q, weight: work.weight, ldWeight: Q, x: work.xd, ldx: P,
                               dY: gyc, lddy: xRow, dX: du, lddx: P, accumulateX: false,
                               dScores: dScores + (z - first) * Q * Q, dWeight: work.dWeight,
-                              dLogDecay: work.dCumDummy, matrix: work.matrix)
+                              dLogDecay: dLog, matrix: work.matrix)
         for i in 0..<q {
             let dw = work.dWeight + i * q
             forEachLevelRange(row: i, offset: offset) { level, j0, j1 in
-                dlam[i * lamRow + level] += j1 - j0 >= 16 ? simdSum(dw + j0, j1 - j0) : (j0..<j1).reduce(0) { $0 + dw[$1] }
+                var sum: Float = 0
+                for j in j0..<j1 { sum += dw[j] }
+                dlam[i * lamRow + level] += sum
             }
         }
         // (2) the initial state's in-chunk pieces and the chunk-level blocks
         if z == first && geo.splitFirstChunk {
             for l in 0...cb {
                 guard let piece = initial.pieces[l] else { continue }
-                var levels = [Int](repeating: 0, count: q)
-                for i in 0..<q {
-                    levels[i] = max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))
-                    work.rowScale[i] = lam[i * lamRow + levels[i]]
-                }
+                for i in 0..<q { work.rowScale[i] = lam[i * lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] }
                 ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: piece, ldState: N,
-                                         cumulative: work.cum, rowScale: work.rowScale, dY: gyc, lddy: xRow,
+                                         logDecay: work.logDecay, rowScale: work.rowScale, dY: gyc, lddy: xRow,
                                          dC: dC, lddc: N, accumulateC: true, dState: dPieces + l * size, lddState: N,
-                                         accumulateState: true, dCumulative: work.dCumDummy, dRowScale: work.rowGrad,
+                                         accumulateState: true, dLogDecay: dLog, dRowScale: work.rowGrad,
                                          scratch: work.blockScratch)
-                for i in 0..<q { dlam[i * lamRow + levels[i]] += work.rowGrad[i] }
+                for i in 0..<q { dlam[i * lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] += work.rowGrad[i] }
             }
         }
         var bits = z, lp = 1
         while bits != 0 {
             if bits & 1 == 1 {
-                let (st, dst, ref) = state(z, lp)
+                let (st, dst, ref, end) = block(z, lp)
                 if let st {
-                    let f = Float(exp(before[z - first] - ref))
+                    let f = Float(exp(beforeZ - ref))
                     for i in 0..<q { work.rowScale[i] = lam[i * lamRow + cb + lp] * f }
                     ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: st, ldState: N,
-                                             cumulative: work.cum, rowScale: work.rowScale, dY: gyc, lddy: xRow,
+                                             logDecay: work.logDecay, rowScale: work.rowScale, dY: gyc, lddy: xRow,
                                              dC: dC, lddc: N, accumulateC: true, dState: dst, lddState: N,
-                                             accumulateState: true, dCumulative: work.dCumDummy, dRowScale: work.rowGrad,
+                                             accumulateState: true, dLogDecay: dLog, dRowScale: work.rowGrad,
                                              scratch: work.blockScratch)
-                    for i in 0..<q { dlam[i * lamRow + cb + lp] += f * work.rowGrad[i] }
+                    var v = 0.0
+                    for i in 0..<q {
+                        dlam[i * lamRow + cb + lp] += f * work.rowGrad[i]
+                        v += Double(work.rowScale[i] * work.rowGrad[i])
+                    }
+                    spreadOver(end + 1, z - 1, v)
                 }
             }
             bits >>= 1; lp += 1
         }
-        let lastCum = work.cum[q - 1], after = before[z - first] + Double(lastCum)
         // (3) the final state's gradient (last chunk only)
-        var finalTerm = 0.0
-        if z == last, let gF = gFinal, let F = final {
-            finalTerm = Double(simdDot(gF, F, geo.s.finalLevels * size))
+        if z == last, let gF = gFinal {
             var bits = z, lp = 1
             while bits != 0 {
                 if bits & 1 == 1 {
-                    let (_, dst, ref) = state(z, lp)
-                    simdAxpy(Float(exp(Double(lastCum) + before[z - first] - ref)), gF + (cb + lp) * size, dst, size)
+                    let (st, dst, ref, end) = block(z, lp)
+                    if let st {
+                        let phi = Float(exp(Double(work.total) + beforeZ - ref)), gl = gF + (cb + lp) * size
+                        simdAxpy(phi, gl, dst, size)
+                        let v = Double(phi * simdDot(gl, st, size))
+                        wholeChunk += v
+                        spreadOver(end + 1, z - 1, v)
+                    }
                 }
                 bits >>= 1; lp += 1
             }
             forEachLevelRange(row: q - 1, offset: offset) { level, j0, j1 in
-                let scaled = work.state
-                scaledCopy(gF + level * size, fastExp(lastCum - work.cum[j1 - 1]), scaled, size)
+                // F_ℓ = e^{a_{j1}+…+a_{q−1}} · (the block's state at j1−1)
+                let phi = fastExp(work.suffix[j1]), blockState = work.state2, scaled = work.state
+                ssdChunkStateForward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
+                                     ldb: geo.bcRow, logDecay: work.logDecay + j0, state: blockState, ldState: N, beta: 0,
+                                     scratch: work.blockScratch)
+                scaledCopy(gF + level * size, phi, scaled, size)
+                let v = simdDot(scaled, blockState, size)
+                for k in j1..<q { dLog[k] += v }
                 ssdChunkStateBackward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
-                                      ldb: geo.bcRow, cumulative: work.cum + j0, dState: scaled, lddState: N,
+                                      ldb: geo.bcRow, logDecay: work.logDecay + j0, dState: scaled, lddState: N,
                                       dX: du + j0 * P, lddx: P, accumulateX: true, dB: dB + j0 * N, lddb: N,
-                                      accumulateB: true, dCumulative: work.dCumDummy, scratch: work.blockScratch)
+                                      accumulateB: true, dLogDecay: dLog + j0, scratch: work.blockScratch)
             }
             if z == first && geo.splitFirstChunk {
-                let qf = geo.t0 + T - 1, e = fastExp(lastCum)
-                for l in 0...cb where initial.pieces[l] != nil {
-                    simdAxpy(e, gF + max(l, bitLength(qf ^ (geo.t0 - 1))) * size, dPieces + l * size, size)
+                let qf = geo.t0 + T - 1, e = fastExp(work.total)
+                for l in 0...cb {
+                    guard let piece = initial.pieces[l] else { continue }
+                    let gl = gF + max(l, bitLength(qf ^ (geo.t0 - 1))) * size
+                    simdAxpy(e, gl, dPieces + l * size, size)
+                    wholeChunk += Double(e * simdDot(gl, piece, size))
                 }
             }
         }
         // (4) the chunk's own end state: its block's gradient is complete now
         if z < last {
-            let dcs = dNodes + (z - first) * size
+            let dcs = UnsafePointer(dNodes + (z - first) * size)
             let m = (z + 1).trailingZeroBitCount
             if m >= 1 {
                 for j in 1...m {
-                    let (st, dst, ref) = state(z, j)
-                    if st != nil { simdAxpy(Float(exp(after - ref)), dcs, dst, size) }
+                    let (st, dst, ref, end) = block(z, j)
+                    guard let st else { continue }
+                    let phi = Float(exp(after - ref))
+                    simdAxpy(phi, dcs, dst, size)
+                    spreadOver(end + 1, z, Double(phi * simdDot(dcs, st, size)))
                 }
             }
             if z == first && geo.splitFirstChunk {
-                let e = fastExp(lastCum)
-                for l in 0...cb where initial.pieces[l] != nil { simdAxpy(e, dcs, dPieces + l * size, size) }
+                let e = fastExp(work.total)
+                for l in 0...cb {
+                    guard let piece = initial.pieces[l] else { continue }
+                    simdAxpy(e, dcs, dPieces + l * size, size)
+                    wholeChunk += Double(e * simdDot(dcs, piece, size))
+                }
             }
             ssdChunkStateBackward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
-                                  cumulative: work.cum, dState: dcs, lddState: N, dX: du, lddx: P, accumulateX: true,
-                                  dB: dB, lddb: N, accumulateB: true, dCumulative: work.dCumDummy, scratch: work.blockScratch)
+                                  logDecay: work.logDecay, dState: dcs, lddState: N, dX: du, lddx: P, accumulateX: true,
+                                  dB: dB, lddb: N, accumulateB: true, dLogDecay: dLog, scratch: work.blockScratch)
         }
-        // (5) per token: the decay's gradient (rows minus columns), then Δ, x, dt.
-        for i in stride(from: q - 1, through: 0, by: -1) {
+        // (5) per token: the cross-chunk decay gradients, then Δ, x, dt.
+        pending += spread[z - first]
+        let common = Float(pending + wholeChunk)
+        for i in 0..<q {
             let t = lo + i, xo = geo.xOffset(b, t, h)
             let gyRow = gy + xo, xIn = inp.x + xo, duRow = du + i * P
-            let gx = Double(simdDot(gyRow, xIn, P))
-            var dcum = Double(simdDot(gyRow, y + xo, P)) - Double(skip) * gx - Double(simdDot(work.xd + i * P, duRow, P))
-            if t == T - 1 { dcum += finalTerm }
-            tail += dcum
+            let dLogI = dLog[i] + common
             let d = work.delta[i]
-            let dDelta = Double(simdDot(duRow, xIn, P)) + tail * a
+            let dDelta = simdDot(duRow, xIn, P) + dLogI * a
             let dxRow = dx + xo
             for p in 0..<P { dxRow[p] = d * duRow[p] + skip * gyRow[p] }
             let pre = Double(inp.dt[geo.dtOffset(b, t, h)] + bias)
-            let ddtValue = dDelta / (1 + exp(-pre))
+            let ddtValue = Double(dDelta) / (1 + exp(-pre))
             ddt[geo.dtOffset(b, t, h)] = Float(ddtValue)
-            sumA += tail * Double(d); sumD += gx; sumBias += ddtValue
+            sumA += Double(dLogI) * Double(d); sumD += Double(simdDot(gyRow, xIn, P)); sumBias += ddtValue
         }
-        _ = yc
     }
     // The initial state's gradient, level by level.
     if let dInitial {
