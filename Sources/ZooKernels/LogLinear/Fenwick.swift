@@ -61,6 +61,12 @@ public struct LogLinearShape: Sendable, Equatable, CustomStringConvertible {
     /// Levels of the final state, and the λ levels the call needs.
     public var finalLevels: Int { logLinearLevelCount(tokens: startPosition + length) }
     public var headsPerGroup: Int { heads / groups }
+    public var xShape: [Int] { [batch, length, heads, headDim] }
+    public var dtShape: [Int] { [batch, length, heads] }
+    public var bcShape: [Int] { [batch, length, groups, stateSize] }
+    public var lambdaShape: [Int] { [batch, length, heads, lambdaLevels] }
+    /// [B, H, levels, P, N]: a decode state after `tokens` tokens.
+    public func stateShape(tokens: Int) -> [Int] { [batch, heads, logLinearLevelCount(tokens: tokens), headDim, stateSize] }
 
     public var description: String {
         "B=\(batch) T=\(length) H=\(heads) P=\(headDim) G=\(groups) N=\(stateSize) L=\(lambdaLevels) start=\(startPosition)"

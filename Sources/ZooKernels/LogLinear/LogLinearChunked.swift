@@ -223,7 +223,7 @@ final class LogLinearChunkWork {
     func prepare(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, lo: Int, q: Int, decayMatrix: Bool) {
         let a = inp.A[h], bias = inp.dtBias[h]
         for i in 0..<q {
-            let d = scalarSoftplus(inp.dt[geo.dtOffset(b, lo + i, h)] + bias)
+            let d = Float(softplus(Double(inp.dt[geo.dtOffset(b, lo + i, h)] + bias)))
             delta[i] = d
             logDecay[i] = d * a
             scaledCopy(inp.x + geo.xOffset(b, lo + i, h), d, xd + i * P, P)

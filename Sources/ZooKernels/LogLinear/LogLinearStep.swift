@@ -1,7 +1,7 @@
 // Recurrent (decode) form of log-linear Mamba-2: one token per call, a Fenwick state per head.
 //
-//   x [B,H,P], dt [B,H], A [H], B and C [B,G,N], D [H], dt_bias [H], λ [B,H,L] (L ≥ levels after
-//   this token); state [B,H,Lcap,P,N] holding the buckets of the previous token (Fenwick.swift).
+//   x [B,1,H,P], dt [B,1,H], A [H], B and C [B,1,G,N], D [H], dt_bias [H], λ [B,1,H,L] (L ≥ levels
+//   after this token); state [B,H,Lcap,P,N] holding the buckets of the previous token (Fenwick.swift).
 //   For the token at position t:
 //     merge:  S_{k+1} = Σ_{ℓ ≤ k} S_ℓ, S_0…S_k = 0, with k = ctz(t) (the previous token and the full
 //             levels below the first zero bit of t−1 become one bucket; skipped for t = 0)
@@ -75,74 +75,79 @@ public struct LogLinearDecodeState: Sendable {
     mutating func mutableLevels() -> UnsafeMutablePointer<Float> { levels.mutablePointer() }
 }
 
-/// One decode step. Returns y [B, H, P] and advances `state` by one token.
-public func logLinearStep(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dtBias: Tensor,
-                          lambda: Tensor, state: inout LogLinearDecodeState) -> Tensor {
-    let (batch, H, P, N) = (state.batch, state.heads, state.headDim, state.stateSize)
-    let G = B.rank == 3 ? B.shape[1] : 0
-    let t = state.position
-    let needed = logLinearLevelCount(tokens: t + 1)
-    if x.shape != [batch, H, P] || dt.shape != [batch, H] || A.shape != [H] || D.shape != [H] || dtBias.shape != [H]
-        || G < 1 || H % G != 0 || B.shape != [batch, G, N] || C.shape != [batch, G, N]
-        || lambda.rank != 3 || lambda.shape[0] != batch || lambda.shape[1] != H || lambda.shape[2] < needed {
-        fatalError("logLinearStep: expected x [\(batch),\(H),\(P)], dt [\(batch),\(H)], A/D/dt_bias [\(H)], B/C [\(batch),G,\(N)] with G | \(H), λ [\(batch),\(H),≥\(needed)]; got x \(x.shape), dt \(dt.shape), A \(A.shape), D \(D.shape), dt_bias \(dtBias.shape), B \(B.shape), C \(C.shape), λ \(lambda.shape)")
+/// Runs the tokens of `inputs` (x [B,T,H,P], …) from `state`, advancing it, and returns y [B,T,H,P].
+/// T == 1 decodes with the Fenwick update above (O((1 + popcount t)·P·N) per head); T > 1 prefills
+/// with the chunked forward from the state. `inputs.initialState` must be nil and
+/// `inputs.startPosition` equal to `state.position`: the state carries both.
+public func logLinearStep(_ inputs: LogLinearInputs, state: inout LogLinearDecodeState,
+                          options: LogLinearOptions = LogLinearOptions()) -> Tensor {
+    let function = "logLinearStep"
+    if inputs.initialState != nil { fatalError("\(function): pass the state as `state`, not as inputs.initialState") }
+    if inputs.startPosition != state.position {
+        fatalError("\(function): inputs start at position \(inputs.startPosition) but the state holds \(state.position) tokens")
     }
+    var chunk = inputs
+    if state.position > 0 { chunk.initialState = state.levels }
+    let s = chunk.validatedShape(function)
+    if s.batch != state.batch || s.heads != state.heads || s.headDim != state.headDim || s.stateSize != state.stateSize {
+        fatalError("\(function): inputs \(s) do not match the state [B=\(state.batch), H=\(state.heads), P=\(state.headDim), N=\(state.stateSize)]")
+    }
+    if s.length > 1 {
+        let result = logLinearChunkedForward(chunk, options: options, returnFinalState: true)
+        state = LogLinearDecodeState(levels: result.finalState!, position: state.position + s.length)
+        return result.y
+    }
+    let (batch, H, P, N, G) = (s.batch, s.heads, s.headDim, s.stateSize, s.groups)
+    let t = state.position
     state.reserve(tokens: t + 1)
-    let Lcap = state.levelCount, L = lambda.shape[2], size = P * N
-    let levels = SendablePointer(state.mutableLevels())
-    var y = Tensor(uninitializedShape: [batch, H, P])
-    let yp = SendablePointer(y.mutablePointer())
-    let xp = x.pointer, dtp = dt.pointer, ap = A.pointer, bp = B.pointer, cp = C.pointer
-    let dp = D.pointer, biasp = dtBias.pointer, lp = lambda.pointer
-    let px = SendablePointer(UnsafeMutablePointer(mutating: xp)), pdt = SendablePointer(UnsafeMutablePointer(mutating: dtp))
-    let pa = SendablePointer(UnsafeMutablePointer(mutating: ap)), pb = SendablePointer(UnsafeMutablePointer(mutating: bp))
-    let pc = SendablePointer(UnsafeMutablePointer(mutating: cp)), pd = SendablePointer(UnsafeMutablePointer(mutating: dp))
-    let pbias = SendablePointer(UnsafeMutablePointer(mutating: biasp)), pl = SendablePointer(UnsafeMutablePointer(mutating: lp))
-    ZooThreads.parallelFor(batch * H) { range in
-        for bh in range {
-            let b = bh / H, h = bh % H, g = h / (H / G)
-            let S = levels.pointer + bh * Lcap * size
-            if t > 0 {
-                let k = t.trailingZeroBitCount
-                let target = S + (k + 1) * size
-                target.update(from: S, count: size)
-                for l in 1...max(k, 1) where l <= k { simdAxpy(1, S + l * size, target, size) }
-                S.update(repeating: 0, count: (k + 1) * size)
-            }
-            let delta = scalarSoftplus(pdt[bh] + pbias[h])
-            let decay = Float(exp(Double(delta * pa[h])))
-            let xRow = px.pointer + bh * P, bRow = pb.pointer + (b * G + g) * N, cRow = pc.pointer + (b * G + g) * N
-            let lam = pl.pointer + bh * L
-            let out = yp.pointer + bh * P
-            for p in 0..<P { out[p] = pd[h] * xRow[p] }
-            // Occupied levels ℓ ≥ 1 (bit ℓ−1 of t set): decay, then read out.
-            var bits = t, l = 1
-            while bits != 0 {
-                if bits & 1 == 1 {
-                    let Sl = S + l * size, w = lam[l]
-                    for p in 0..<P {
-                        let row = Sl + p * N
-                        simdScale(row, decay, N)
-                        out[p] += w * simdDot(row, cRow, N)
-                    }
+    let Lcap = state.levelCount, L = s.lambdaLevels, size = P * N
+    let levels = state.mutableLevels()
+    var y = Tensor(uninitializedShape: [batch, 1, H, P])
+    let yp = y.mutablePointer()
+    withExtendedLifetime(inputs) {
+        let inp = LogLinearPointers(inputs)
+        // A head's update is a few P·N multiply-adds: fork only when there are enough of them.
+        ZooThreads.parallelFor(batch * H, minChunk: max(1, 16_384 / size)) { range in
+            for bh in range {
+                let b = bh / H, h = bh % H, g = h / (H / G)
+                let S = levels + bh * Lcap * size
+                if t > 0 {
+                    // The previous token and the full levels below the first zero bit of t−1 merge.
+                    let k = t.trailingZeroBitCount
+                    let target = S + (k + 1) * size
+                    target.update(from: S, count: size)
+                    if k >= 1 { for l in 1...k { simdAxpy(1, S + l * size, target, size) } }
+                    S.update(repeating: 0, count: (k + 1) * size)
                 }
-                bits >>= 1; l += 1
-            }
-            // Level 0: the token itself, Δ x Bᵀ (read out as Δ (B·C) x, no need to decay).
-            let w0 = lam[0], bc = simdDot(bRow, cRow, N)
-            for p in 0..<P {
-                let row = S + p * N, v = delta * xRow[p]
-                for n in 0..<N { row[n] = v * bRow[n] }
-                out[p] += w0 * v * bc
+                let delta = Float(softplus(Double(inp.dt[bh] + inp.dtBias[h])))
+                let decay = fastExp(delta * inp.A[h])
+                let xRow = inp.x + bh * P, bRow = inp.B + (b * G + g) * N, cRow = inp.C + (b * G + g) * N
+                let lam = inp.lambda + bh * L
+                let out = yp + bh * P
+                for p in 0..<P { out[p] = inp.D[h] * xRow[p] }
+                // Occupied levels ℓ ≥ 1 (bit ℓ−1 of t set): decay, then read out.
+                var bits = t, l = 1
+                while bits != 0 {
+                    if bits & 1 == 1 {
+                        let Sl = S + l * size, w = lam[l]
+                        for p in 0..<P {
+                            let row = Sl + p * N
+                            simdScale(row, decay, N)
+                            out[p] += w * simdDot(row, cRow, N)
+                        }
+                    }
+                    bits >>= 1; l += 1
+                }
+                // Level 0: the token itself, Δ x Bᵀ.
+                let w0 = lam[0]
+                for p in 0..<P {
+                    let row = S + p * N
+                    scaledCopy(bRow, delta * xRow[p], row, N)
+                    out[p] += w0 * simdDot(row, cRow, N)
+                }
             }
         }
     }
     state.advance()
     return y
-}
-
-/// softplus for one Float, computed in Double (decode and per-token setup, not a hot vector loop).
-@inline(__always) func scalarSoftplus(_ v: Float) -> Float {
-    let d = Double(v)
-    return Float(d > 30 ? d : log1p(exp(d)))
 }
