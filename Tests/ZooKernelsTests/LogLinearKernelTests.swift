@@ -344,3 +344,52 @@ extension LogLinearKernelTests {
         expectClose(g.lambda.doubles, r.lambda, "dλ under strong decay")
     }
 }
+
+extension LogLinearKernelTests {
+
+    // MARK: Golden vectors from Fixtures/golden_loglinear.py (NumPy, float64, independent)
+
+    @Test func goldenVectors() throws {
+        let url = try #require(Bundle.module.url(forResource: "golden_loglinear", withExtension: "json", subdirectory: "Fixtures"))
+        let golden = try GoldenFixture(contentsOf: url)
+        func tensor(_ name: String) -> Tensor { let a = golden[name]; return Tensor(shape: a.shape, doubles: a.data) }
+        for name in ["grad", "groups", "continued"] {
+            let start = Int(golden.scalar("\(name).start"))
+            let inputs = LogLinearInputs(
+                x: tensor("\(name).x"), dt: tensor("\(name).dt"), A: tensor("\(name).A"), B: tensor("\(name).B"),
+                C: tensor("\(name).C"), D: tensor("\(name).D"), dtBias: tensor("\(name).dt_bias"),
+                lambda: tensor("\(name).lambda"), initialState: start > 0 ? tensor("\(name).initial_state") : nil,
+                startPosition: start)
+            let options = LogLinearOptions(chunkSize: 4)
+            let fwd = logLinearChunkedForward(inputs, options: options)
+            expectClose(fwd.y.doubles, golden["\(name).y"].data, tolerance: 1e-5, "\(name): y vs NumPy")
+            expectClose(fwd.finalState!.doubles, golden["\(name).final_state"].data, tolerance: 1e-5, "\(name): final state vs NumPy")
+            // The decode step, token by token, against the same vectors.
+            let s = inputs.validatedShape("golden")
+            var state = start > 0 ? LogLinearDecodeState(levels: inputs.initialState!, position: start)
+                : LogLinearDecodeState(batch: s.batch, heads: s.heads, headDim: s.headDim, stateSize: s.stateSize)
+            let problem = LogLinearProblem(wrapping: inputs)
+            var ys: [Tensor] = []
+            for t in 0..<s.length { ys.append(logLinearStep(problem.slice(t, t + 1, initialState: nil), state: &state)) }
+            expectClose(Tensor.concatenate(ys, axis: 1).doubles, golden["\(name).y"].data, tolerance: 1e-5, "\(name): steps vs NumPy")
+            if name == "grad" {
+                let g = logLinearChunkedBackward(inputs, outputGradient: tensor("grad.gy"),
+                                                 finalStateGradient: tensor("grad.gF"), options: options)
+                for (key, value) in [("x", g.x), ("dt", g.dt), ("A", g.A), ("B", g.B), ("C", g.C), ("D", g.D),
+                                     ("dt_bias", g.dtBias), ("lambda", g.lambda)] {
+                    expectClose(value.doubles, golden["grad.grad_\(key)"].data, tolerance: 1e-5, "d\(key) vs NumPy finite differences")
+                }
+            }
+        }
+    }
+}
+
+extension LogLinearProblem {
+    /// Wraps given inputs (for slicing); the shape is read from them.
+    init(wrapping inputs: LogLinearInputs) {
+        self.inputs = inputs
+        self.shape = inputs.validatedShape("LogLinearProblem(wrapping:)")
+        self.inputs.initialState = nil
+        self.inputs.startPosition = inputs.startPosition
+    }
+}
