@@ -11,14 +11,14 @@ import ZooKernels
 /// The PyTorch peer figures (../shared/bench/PEERS.md, loglinear chunked64, same machine kind) are
 /// printed beside as a ratio; they are not re-measured here.
 public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 8192, 16384],
-                                  chunk: Int = 64, quick: Bool = false) -> String {
+                                  chunk: Int = 64, quick: Bool = false, withSSD: Bool = true) -> String {
     let (H, P, N, G) = (8, 64, 64, 1)
     var report = [benchmarkHeader("zoo bench loglinear (log-linear Mamba-2 vs SSD kernels, B=1 H=\(H) P=\(P) N=\(N) G=\(G) Q=\(chunk))")]
     // PyTorch loglinear chunked64 tokens/s from PEERS.md: (fwd+bwd, fwd), by length.
     let peer: [Int: (Double, Double)] = [256: (22657, 95270), 512: (27016, 54395), 1024: (26590, 52782),
                                          2048: (20421, 48969), 4096: (15765, 49636), 8192: (12846, 37264)]
     var table = Table(["T", "LL fwd ms", "LL fwd tok/s", "LL f+b ms", "LL f+b tok/s", "× torch fwd", "× torch f+b",
-                       "SSD fwd ms", "SSD f+b ms", "LL/SSD fwd", "LL/SSD f+b", "CPU LL/SSD f+b", "LL peak MB", "SSD peak MB", "RSS MB"])
+                       "SSD fwd ms", "SSD f+b ms", "LL/SSD fwd", "LL/SSD f+b", "LL f+b CPU ms", "SSD f+b CPU ms", "CPU LL/SSD f+b", "LL peak MB", "SSD peak MB", "RSS MB"])
     let options = LogLinearOptions(chunkSize: chunk)
     let ssdOptions = SSDOptions(chunkSize: chunk)
     for T in lengths {
@@ -39,22 +39,24 @@ public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 
         let llBoth = measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) {
             let c0 = cpuTime(); llTrain(); llCPU.append(cpuTime() - c0)
         }.median
-        let ssdForward = measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) {
+        let ssdForward = !withSSD ? Double.nan : measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) {
             _ = ssdChunkedForward(ssdInputs, options: ssdOptions)
         }.median
         let ssdTrain = {
             let f = ssdChunkedForward(ssdInputs, options: ssdOptions, saveChunkStates: true)
             _ = ssdChunkedBackward(ssdInputs, outputGradient: dY, chunkStates: f.chunkStates, options: ssdOptions)
         }
-        let ssdBoth = measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) {
+        let ssdBoth = !withSSD ? Double.nan : measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) {
             let c0 = cpuTime(); ssdTrain(); ssdCPU.append(cpuTime() - c0)
         }.median
+        if !withSSD { ssdCPU = [.nan] }
         let llPeak = MemoryMeter.measurePeak(llTrain).peakExtraBytes
-        let ssdPeak = MemoryMeter.measurePeak(ssdTrain).peakExtraBytes
+        let ssdPeak = withSSD ? MemoryMeter.measurePeak(ssdTrain).peakExtraBytes : 0
         let tokF = Double(T) / llForward, tokFB = Double(T) / llBoth
         let ratios = peer[T].map { (fmt(tokF / $0.1, 2), fmt(tokFB / $0.0, 2)) } ?? ("–", "–")
         table.add(["\(T)", fmt(llForward * 1e3, 2), fmt(tokF, 0), fmt(llBoth * 1e3, 2), fmt(tokFB, 0), ratios.0, ratios.1,
                    fmt(ssdForward * 1e3, 2), fmt(ssdBoth * 1e3, 2), fmt(llForward / ssdForward, 2), fmt(llBoth / ssdBoth, 2),
+                   fmt(Measurement(samples: llCPU).median * 1e3, 1), fmt(Measurement(samples: ssdCPU).median * 1e3, 1),
                    fmt(Measurement(samples: llCPU).median / Measurement(samples: ssdCPU).median, 2),
                    fmt(Double(llPeak) / 1e6, 1), fmt(Double(ssdPeak) / 1e6, 1), fmt(Double(peakResidentBytes() ?? 0) / 1e6, 0)])
     }
@@ -63,6 +65,7 @@ public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 
         LL = log-linear (λ from softplus of N(0,1)), f+b = forward + backward (all gradients incl. λ; SSD saves its
         chunk states for the backward, log-linear recomputes its block states). × torch: tokens/s over PyTorch's
         loglinear_chunked(64) from ../shared/bench/PEERS.md (not re-measured); goal ≥ 2.5 f+b for T ≥ 1024.
+        CPU ms: process CPU time of one call, all threads (on a loaded machine wall time ≫ CPU time / threads).
         LL/SSD: time ratio in this run (CPU: of process CPU time, less sensitive to other load); goal ≤ 2.5 f+b at T = 8192. peak MB: extra tensor + scratch bytes of one f+b.
         """)
     return report.joined(separator: "\n")

@@ -12,9 +12,11 @@ struct BenchLogLinear: ParsableCommand {
     var chunk = 64
     @Flag(help: "A shorter run (fewer repeats), for smoke tests.")
     var quick = false
+    @Flag(help: "Skip zoo's SSD columns (log-linear only).")
+    var noSSD = false
 
     func run() throws {
         try common.apply()
-        print(runLogLinearBenchmark(lengths: lengths, chunk: chunk, quick: quick))
+        print(runLogLinearBenchmark(lengths: lengths, chunk: chunk, quick: quick, withSSD: !noSSD))
     }
 }
