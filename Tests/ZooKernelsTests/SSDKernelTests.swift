@@ -61,7 +61,7 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
                        decayScale: Float = 1, saveStates: Bool = false, tolerance: Double = 1e-5,
                        sourceLocation: SourceLocation = #_sourceLocation) {
     let inputs = ssdInputs(s, seed: seed, initialState: initialState, decayScale: decayScale)
-    let options = SSDOptions(chunkSize: chunk, chunksPerSegment: 3)
+    let options = SSDOptions(chunkSize: chunk)
     let fast = ssdChunkedForward(inputs, options: options, saveChunkStates: saveStates)
     let ref = SSDReference(inputs)
     let (y, hT) = ssdNaiveForward(ref)
@@ -274,24 +274,22 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
 
     // MARK: Determinism and options that must not change results
 
-    @Test func resultsIndependentOfThreadsAndSegments() {
+    @Test func resultsIndependentOfThreads() {
         let s = shape(2, 100, 4, 16, 2, 16)
         let inputs = ssdInputs(s, seed: 50)
         let dY = randomTensor(s.xShape, seed: 51)
-        func run(threads: Int, segment: Int) -> [[Float]] {
+        func run(threads: Int) -> [[Float]] {
             let before = ZooThreads.count
             ZooThreads.configure(threads: threads)
             defer { ZooThreads.configure(threads: before) }
-            let options = SSDOptions(chunkSize: 16, chunksPerSegment: segment)
+            let options = SSDOptions(chunkSize: 16)
             let f = ssdChunkedForward(inputs, options: options)
             let g = ssdChunkedBackward(inputs, outputGradient: dY, options: options)
             return [f.y.scalars, f.finalState.scalars, g.x.scalars, g.dt.scalars, g.B.scalars, g.C.scalars, g.A.scalars, g.initialState.scalars]
         }
-        let reference = run(threads: 1, segment: 2)
-        #expect(run(threads: 2, segment: 2) == reference)
-        #expect(run(threads: 3, segment: 2) == reference)
-        // The segment length changes no arithmetic either.
-        #expect(run(threads: 2, segment: 100) == reference)
+        let reference = run(threads: 1)
+        #expect(run(threads: 2) == reference)
+        #expect(run(threads: 3) == reference)
     }
 
     @Test func savedChunkStatesGiveSameGradients() {
