@@ -7,7 +7,7 @@
 //   y_t = S_t C_t + D_h x_t
 //
 // Time is cut into chunks of Q tokens (the last may be shorter; nothing is padded). Per chunk c
-// and head, with X = Δ ∘ x and the blocks of ChunkBlocks.swift:
+// and head, with X = Δ ∘ x and the blocks of SSDChunkBlocks.swift:
 //   (1) intra-chunk  Y_c  = (C Bᵀ ∘ L) X + D x              quadratic block, by BLAS
 //   (2) chunk state  K_c  = Xᵀ diag(w) B                    the chunk's own end state
 //   (3) scan         H_{c+1} = e^{A_c} H_c + K_c            H_0 = h0, A_c the chunk's total log-decay
@@ -20,7 +20,7 @@
 // gradients; per (batch, chunk) everything else, with the heads' contributions to dB and dC added
 // in a fixed head order inside the chunk's worker. Results do not depend on the thread count.
 //
-// States are kept transposed (Sᵀ, N×P; see ChunkBlocks.swift) in a [B,H,nChunks+1,N,P] buffer:
+// States are kept transposed (Sᵀ, N×P; see SSDChunkBlocks.swift) in a [B,H,nChunks+1,N,P] buffer:
 // slot c is the state entering chunk c, slot nChunks the final state. It is T·P·N/Q floats per
 // head (the size of x when N = Q): memory stays linear in T.
 import Foundation
