@@ -61,7 +61,7 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
                        decayScale: Float = 1, saveStates: Bool = false, tolerance: Double = 1e-5,
                        sourceLocation: SourceLocation = #_sourceLocation) {
     let inputs = ssdInputs(s, seed: seed, initialState: initialState, decayScale: decayScale)
-    let options = SSDOptions(chunkSize: chunk, chunksPerSegment: 3)
+    let options = SSDOptions(chunkSize: chunk)
     let fast = ssdChunkedForward(inputs, options: options, saveChunkStates: saveStates)
     let ref = SSDReference(inputs)
     let (y, hT) = ssdNaiveForward(ref)
@@ -274,24 +274,22 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
 
     // MARK: Determinism and options that must not change results
 
-    @Test func resultsIndependentOfThreadsAndSegments() {
+    @Test func resultsIndependentOfThreads() {
         let s = shape(2, 100, 4, 16, 2, 16)
         let inputs = ssdInputs(s, seed: 50)
         let dY = randomTensor(s.xShape, seed: 51)
-        func run(threads: Int, segment: Int) -> [[Float]] {
+        func run(threads: Int) -> [[Float]] {
             let before = ZooThreads.count
             ZooThreads.configure(threads: threads)
             defer { ZooThreads.configure(threads: before) }
-            let options = SSDOptions(chunkSize: 16, chunksPerSegment: segment)
+            let options = SSDOptions(chunkSize: 16)
             let f = ssdChunkedForward(inputs, options: options)
             let g = ssdChunkedBackward(inputs, outputGradient: dY, options: options)
             return [f.y.scalars, f.finalState.scalars, g.x.scalars, g.dt.scalars, g.B.scalars, g.C.scalars, g.A.scalars, g.initialState.scalars]
         }
-        let reference = run(threads: 1, segment: 2)
-        #expect(run(threads: 2, segment: 2) == reference)
-        #expect(run(threads: 3, segment: 2) == reference)
-        // The segment length changes no arithmetic either.
-        #expect(run(threads: 2, segment: 100) == reference)
+        let reference = run(threads: 1)
+        #expect(run(threads: 2) == reference)
+        #expect(run(threads: 3) == reference)
     }
 
     @Test func savedChunkStatesGiveSameGradients() {
@@ -303,5 +301,147 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
         let a = ssdChunkedBackward(inputs, outputGradient: dY, chunkStates: f.chunkStates, options: options)
         let b = ssdChunkedBackward(inputs, outputGradient: dY, options: options)
         #expect(a.x.scalars == b.x.scalars && a.dt.scalars == b.dt.scalars && a.B.scalars == b.B.scalars)
+    }
+}
+
+// MARK: - Golden vectors (independent NumPy recurrence, Fixtures/golden_ssd.py)
+
+@Suite("SSD golden vectors") struct SSDGoldenTests {
+    let fixture: GoldenFixture
+
+    init() throws {
+        let url = try #require(Bundle.module.url(forResource: "golden_ssd", withExtension: "json", subdirectory: "Fixtures"))
+        fixture = try GoldenFixture(contentsOf: url)
+    }
+
+    func inputs(_ prefix: String, initialState: Bool) -> SSDInputs {
+        func t(_ name: String) -> Tensor {
+            let a = fixture["\(prefix)_\(name)"]
+            return Tensor(shape: a.shape, doubles: a.data)
+        }
+        return SSDInputs(x: t("x"), dt: t("dt"), A: t("A"), B: t("B"), C: t("C"), D: t("D"), dtBias: t("dt_bias"),
+                         initialState: initialState ? t("h0") : nil)
+    }
+
+    @Test func forwardAndEveryGradient() {
+        let inp = inputs("case1", initialState: true)
+        let y = fixture["case1_y"].data, hT = fixture["case1_final_state"].data
+        let gy = Tensor(shape: fixture["case1_gy"].shape, doubles: fixture["case1_gy"].data)
+        let gh = Tensor(shape: fixture["case1_gh"].shape, doubles: fixture["case1_gh"].data)
+        // The naive Double reference, on the fixture's float64 inputs, agrees with NumPy to rounding.
+        func d(_ name: String) -> [Double] { fixture["case1_\(name)"].data }
+        let ref = SSDReference(shape: inp.validatedShape("golden"), x: d("x"), dt: d("dt"), A: d("A"), B: d("B"), C: d("C"),
+                               D: d("D"), dtBias: d("dt_bias"), initialState: d("h0"))
+        let naive = ssdNaiveForward(ref)
+        expectClose(naive.y, y, tolerance: 1e-10, "naive y vs NumPy (the fixture keeps 12 digits)")
+        expectClose(naive.finalState, hT, tolerance: 1e-10, "naive final state vs NumPy")
+        let naiveGrads = ssdNaiveBackward(ref, outputGradient: gy.doubles, finalStateGradient: gh.doubles)
+        for chunk in [4, 64] {
+            let options = SSDOptions(chunkSize: chunk)
+            let f = ssdChunkedForward(inp, options: options)
+            expectClose(f.y.doubles, y, "chunked y vs NumPy, Q=\(chunk)")
+            expectClose(f.finalState.doubles, hT, "chunked final state vs NumPy, Q=\(chunk)")
+            let g = ssdChunkedBackward(inp, outputGradient: gy, finalStateGradient: gh, options: options)
+            let pairs: [(String, Tensor, [Double])] = [
+                ("x", g.x, naiveGrads.x), ("dt", g.dt, naiveGrads.dt), ("A", g.A, naiveGrads.A), ("B", g.B, naiveGrads.B),
+                ("C", g.C, naiveGrads.C), ("D", g.D, naiveGrads.D), ("dt_bias", g.dtBias, naiveGrads.dtBias),
+                ("h0", g.initialState, naiveGrads.initialState),
+            ]
+            for (name, fast, naiveGrad) in pairs {
+                let numeric = fixture["case1_grad_\(name)"].data
+                expectClose(fast.doubles, numeric, tolerance: 1e-5, "chunked d\(name) vs NumPy finite differences, Q=\(chunk)")
+                if chunk == 4 { expectClose(naiveGrad, numeric, tolerance: 1e-7, "naive d\(name) vs NumPy finite differences") }
+            }
+        }
+    }
+
+    @Test func longerSequenceWithoutInitialState() {
+        let inp = inputs("case2", initialState: false)
+        let f = ssdChunkedForward(inp, options: SSDOptions(chunkSize: 16))
+        expectClose(f.y.doubles, fixture["case2_y"].data, "chunked y vs NumPy (T=70, Q=16)")
+        expectClose(f.finalState.doubles, fixture["case2_final_state"].data, "chunked final state vs NumPy (T=70, Q=16)")
+    }
+}
+
+// MARK: - Duality with the Mamba-1 selective scan
+
+/// SSD is the selective scan with a scalar A_h repeated over (P, N): channel d = h·P + p of the
+/// scan takes x[·,·,h,p], Δ from dt[·,·,h], A[d, n] = A_h, and the B/C of head h's group. The
+/// test maps SSD's inputs onto the Mamba issue's naive scan (Double) and compares outputs, final
+/// states and every gradient (summing the scan's per-channel gradients of A, dt, D, bias per head).
+@Suite("SSD ≡ Mamba-1 selective scan") struct SSDDualityTests {
+    @Test func ssdEqualsSelectiveScanWithScalarA() {
+        let s = shape(2, 13, 4, 3, 2, 5)
+        let inputs = ssdInputs(s, seed: 70)
+        let (Bn, T, H, P, G, N) = (s.batch, s.length, s.heads, s.headDim, s.groups, s.stateSize)
+        let D = H * P
+        let x = inputs.x.doubles, dt = inputs.dt.doubles, Bm = inputs.B.doubles, Cm = inputs.C.doubles
+        var u = [Double](repeating: 0, count: Bn * D * T), delta = u
+        var bScan = [Double](repeating: 0, count: Bn * G * N * T), cScan = bScan
+        for b in 0..<Bn {
+            for t in 0..<T {
+                for h in 0..<H {
+                    for p in 0..<P {
+                        u[(b * D + h * P + p) * T + t] = x[((b * T + t) * H + h) * P + p]
+                        delta[(b * D + h * P + p) * T + t] = dt[(b * T + t) * H + h]
+                    }
+                }
+                for g in 0..<G {
+                    for n in 0..<N {
+                        bScan[((b * G + g) * N + n) * T + t] = Bm[((b * T + t) * G + g) * N + n]
+                        cScan[((b * G + g) * N + n) * T + t] = Cm[((b * T + t) * G + g) * N + n]
+                    }
+                }
+            }
+        }
+        let perChannel = { (v: [Double]) in (0..<D).map { v[$0 / P] } }
+        let aScan = (0..<(D * N)).map { inputs.A.doubles[$0 / N / P] }
+        let scan = SelectiveScanReferenceInputs(
+            shape: SelectiveScanShape(batch: Bn, channels: D, length: T, stateSize: N, groups: G),
+            u: u, delta: delta, A: aScan, B: bScan, C: cScan, D: perChannel(inputs.D.doubles), z: nil,
+            deltaBias: perChannel(inputs.dtBias.doubles), initialState: inputs.initialState!.doubles, deltaSoftplus: true)
+        let scanOut = selectiveScanNaive(scan)
+        // Back to SSD's [B, T, H, P] layout.
+        var yScan = [Double](repeating: 0, count: x.count)
+        for b in 0..<Bn { for d in 0..<D { for t in 0..<T { yScan[((b * T + t) * H + d / P) * P + d % P] = scanOut.out[(b * D + d) * T + t] } } }
+
+        let ref = SSDReference(inputs)
+        let naive = ssdNaiveForward(ref)
+        expectClose(naive.y, yScan, tolerance: 1e-12, "SSD naive y vs selective scan")
+        expectClose(naive.finalState, scanOut.finalState, tolerance: 1e-12, "SSD naive final state vs selective scan")
+        let fast = ssdChunkedForward(inputs, options: SSDOptions(chunkSize: 4))
+        expectClose(fast.y.doubles, yScan, "SSD chunked y vs selective scan")
+        expectClose(fast.finalState.doubles, scanOut.finalState, "SSD chunked final state vs selective scan")
+
+        // Gradients.
+        let dY = randomTensor(s.xShape, seed: 71), dH = randomTensor(s.stateShape, seed: 72)
+        var gradOut = [Double](repeating: 0, count: x.count)
+        let dYd = dY.doubles
+        for b in 0..<Bn { for d in 0..<D { for t in 0..<T { gradOut[(b * D + d) * T + t] = dYd[((b * T + t) * H + d / P) * P + d % P] } } }
+        let sg = selectiveScanNaiveBackward(scan, gradOut: gradOut, gradFinalState: dH.doubles)
+        let g = ssdChunkedBackward(inputs, outputGradient: dY, finalStateGradient: dH, options: SSDOptions(chunkSize: 4))
+        var dx = [Double](repeating: 0, count: x.count), ddt = [Double](repeating: 0, count: dt.count)
+        var dB = [Double](repeating: 0, count: Bm.count), dC = dB
+        for b in 0..<Bn {
+            for d in 0..<D {
+                for t in 0..<T {
+                    dx[((b * T + t) * H + d / P) * P + d % P] = sg.u[(b * D + d) * T + t]
+                    ddt[(b * T + t) * H + d / P] += sg.delta[(b * D + d) * T + t]
+                }
+            }
+            for g in 0..<G { for n in 0..<N { for t in 0..<T {
+                dB[((b * T + t) * G + g) * N + n] = sg.B[((b * G + g) * N + n) * T + t]
+                dC[((b * T + t) * G + g) * N + n] = sg.C[((b * G + g) * N + n) * T + t]
+            } } }
+        }
+        let perHead = { (v: [Double], width: Int) in (0..<H).map { h in (0..<(P * width)).reduce(0.0) { $0 + v[h * P * width + $1] } } }
+        expectClose(g.x.doubles, dx, "dx vs selective scan du")
+        expectClose(g.dt.doubles, ddt, "ddt vs selective scan Σ_p ddelta")
+        expectClose(g.B.doubles, dB, "dB vs selective scan")
+        expectClose(g.C.doubles, dC, "dC vs selective scan")
+        expectClose(g.A.doubles, perHead(sg.A, N), "dA vs selective scan Σ_{p,n} dA")
+        expectClose(g.D.doubles, perHead(sg.D!, 1), "dD vs selective scan Σ_p dD")
+        expectClose(g.dtBias.doubles, perHead(sg.deltaBias!, 1), "ddtBias vs selective scan Σ_p ddeltaBias")
+        expectClose(g.initialState.doubles, sg.initialState, "dh0 vs selective scan")
     }
 }

@@ -185,12 +185,13 @@ struct LogLinearPointers: @unchecked Sendable {
 private func computeScores(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, into scores: UnsafeMutablePointer<Float>) {
     let s = geo.s, n = geo.chunkCount
     ZooThreads.parallelFor(s.batch * s.groups * n) { range in
+        let scratch = ScratchBuffer(count: geo.Q * s.stateSize, zeroed: false)
         for item in range {
             let z = geo.firstChunk + item % n, g = (item / n) % s.groups, b = item / (n * s.groups)
             let (lo, hi, _) = geo.range(z)
             let q = hi - lo, bc = geo.bcOffset(b, lo, g)
-            gemm(transB: true, m: q, n: q, k: s.stateSize, a: inp.C + bc, lda: geo.bcRow,
-                 b: inp.B + bc, ldb: geo.bcRow, c: scores + geo.scoresOffset(b, g, z), ldc: q)
+            ssdChunkScores(q: q, n: s.stateSize, c: inp.C + bc, ldc: geo.bcRow, b: inp.B + bc, ldb: geo.bcRow,
+                           scores: scores + geo.scoresOffset(b, g, z), ldScores: q, scratch: scratch.pointer)
         }
     }
 }
@@ -223,7 +224,7 @@ final class LogLinearChunkWork {
     func prepare(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b: Int, h: Int, lo: Int, q: Int, decayMatrix: Bool) {
         let a = inp.A[h], bias = inp.dtBias[h]
         for i in 0..<q {
-            let d = Float(softplus(Double(inp.dt[geo.dtOffset(b, lo + i, h)] + bias)))
+            let d = Float(softplusDouble(Double(inp.dt[geo.dtOffset(b, lo + i, h)] + bias)))
             delta[i] = d
             logDecay[i] = d * a
             scaledCopy(inp.x + geo.xOffset(b, lo + i, h), d, xd + i * P, P)
@@ -247,40 +248,74 @@ final class LogLinearChunkWork {
     }
 }
 
-/// The initial state's levels as the chunk walk uses them: chunk-level blocks (slots 1…) entering
-/// the first chunk, and — when the initial query sits inside the first chunk — its in-chunk levels.
+/// The initial state's levels as the chunk walk uses them, transposed (N×P, the SSD blocks'
+/// layout): chunk-level blocks (slots 1…) entering the first chunk, and — when the initial query
+/// sits inside the first chunk — its in-chunk levels ("pieces").
 struct InitialLevels {
-    /// Pointer to the [P, N] matrix of chunk-level slot ℓ' (nil when unoccupied).
+    /// Chunk-level slot ℓ' (nil when unoccupied).
     var slots: [UnsafePointer<Float>?]
     /// In-chunk levels ℓ ≤ chunkBits of a split first chunk (nil when unoccupied).
     var pieces: [UnsafePointer<Float>?]
-    /// For the aligned case: which initial levels were summed into the merged slot, and the slot.
+    /// For a chunk-aligned start: the initial levels summed into one slot, and that slot.
     var mergedLevels: [Int] = []
     var mergedSlot: Int = 0
 
-    /// `merged` (P·N floats) receives the sum of the initial levels that a chunk-aligned start
-    /// merges into one slot (the decode step's merge at token t0).
-    init(_ geo: LogLinearGeometry, base: UnsafePointer<Float>?, merged: UnsafeMutablePointer<Float>) {
-        let size = geo.s.headDim * geo.s.stateSize, cb = geo.chunkBits, t0 = geo.t0
-        slots = Array(repeating: nil, count: geo.maxChunkLevel + 2)
+    /// Floats of `storage` needed.
+    static func storageCount(_ geo: LogLinearGeometry) -> Int {
+        (geo.maxChunkLevel + 2 + geo.chunkBits + 1) * geo.s.headDim * geo.s.stateSize
+    }
+
+    /// Reads the [L0, P, N] levels at `base` into `storage`, transposed.
+    init(_ geo: LogLinearGeometry, base: UnsafePointer<Float>?, storage: UnsafeMutablePointer<Float>) {
+        let (P, N, cb, t0) = (geo.s.headDim, geo.s.stateSize, geo.chunkBits, geo.t0)
+        let size = P * N, slotCount = geo.maxChunkLevel + 2
+        slots = Array(repeating: nil, count: slotCount)
         pieces = Array(repeating: nil, count: cb + 1)
         guard let base, t0 > 0 else { return }
         let L0 = geo.s.initialLevels
-        func level(_ l: Int) -> UnsafePointer<Float>? {
-            l < L0 && logLinearLevelIsOccupied(l, tokens: t0) ? base + l * size : nil
+        func occupied(_ l: Int) -> Bool { l < L0 && logLinearLevelIsOccupied(l, tokens: t0) }
+        func read(_ l: Int, into dst: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+            ssdTranspose(base + l * size, ld: N, rows: P, cols: N, into: dst, ldOut: P)
+            return UnsafePointer(dst)
         }
         let z = geo.firstChunk
         if geo.splitFirstChunk {
-            for l in 0...cb { pieces[l] = level(l) }
-            for lp in 1..<slots.count where (z >> (lp - 1)) & 1 == 1 { slots[lp] = level(cb + lp) }
+            for l in 0...cb where occupied(l) { pieces[l] = read(l, into: storage + (slotCount + l) * size) }
+            for lp in 1..<slotCount where (z >> (lp - 1)) & 1 == 1 && occupied(cb + lp) {
+                slots[lp] = read(cb + lp, into: storage + lp * size)
+            }
         } else {
             // Token t0 = z·Q merges levels 0…cb+ctz(z) into level cb+ctz(z)+1 = chunk slot ctz(z)+1.
             let k = cb + z.trailingZeroBitCount
-            merged.update(repeating: 0, count: size)
-            for l in 0...k { if let p = level(l) { simdAxpy(1, p, merged, size); mergedLevels.append(l) } }
             mergedSlot = z.trailingZeroBitCount + 1
+            let merged = storage + mergedSlot * size, one = storage + slotCount * size
+            merged.update(repeating: 0, count: size)
+            for l in 0...k where occupied(l) {
+                simdAxpy(1, read(l, into: one), merged, size)
+                mergedLevels.append(l)
+            }
             slots[mergedSlot] = UnsafePointer(merged)
-            for lp in (mergedSlot + 1)..<slots.count where (z >> (lp - 1)) & 1 == 1 { slots[lp] = level(cb + lp) }
+            for lp in (mergedSlot + 1)..<slotCount where (z >> (lp - 1)) & 1 == 1 && occupied(cb + lp) {
+                slots[lp] = read(cb + lp, into: storage + lp * size)
+            }
+        }
+    }
+
+    /// Writes the gradients of the slots and pieces (N×P) back as the initial state's [L0, P, N].
+    func writeGradient(_ geo: LogLinearGeometry, dSlots: UnsafePointer<Float>, dPieces: UnsafePointer<Float>,
+                       into out: UnsafeMutablePointer<Float>) {
+        let (P, N, cb) = (geo.s.headDim, geo.s.stateSize, geo.chunkBits)
+        let size = P * N
+        func write(_ src: UnsafePointer<Float>, level l: Int) {
+            ssdTranspose(src, ld: P, rows: N, cols: P, into: out + l * size, ldOut: N)
+        }
+        for l in 0...cb where pieces[l] != nil { write(dPieces + l * size, level: l) }
+        for lp in 1..<slots.count where slots[lp] != nil {
+            if !geo.splitFirstChunk && lp == mergedSlot {
+                for l in mergedLevels { write(dSlots + lp * size, level: l) }
+            } else {
+                write(dSlots + lp * size, level: cb + lp)
+            }
         }
     }
 }
@@ -289,9 +324,8 @@ struct InitialLevels {
 
 /// Chunked log-linear attention forward (O(T log T)). See the file header for the algorithm.
 ///
-/// The forward keeps its block states transposed (N×P): reading a state out, Y += diag(f) C S,
-/// is then a plain product (C times the stored matrix), which OpenBLAS runs about twice as fast
-/// as the transposed-operand product that the P×N layout needs (measured on the project machine).
+/// Block states are kept transposed (N×P), the SSD blocks' layout; the final state is written
+/// in the decode layout [B, H, L, P, N].
 public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinearOptions = LogLinearOptions(),
                                     returnFinalState: Bool = true) -> LogLinearForwardResult {
     let s = inputs.validatedShape("logLinearChunkedForward")
@@ -310,19 +344,18 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
             defer { denormals.restore() }
             let work = LogLinearChunkWork(Q: Q, P: P, N: N)
             let slotCount = geo.maxChunkLevel + 2
-            // slots (N×P each), then the merged initial slot (P×N), then the initial pieces (N×P).
-            let buffer = ScratchBuffer(count: (slotCount + 1 + cb + 1) * size, zeroed: true)
-            let slots = buffer.pointer, merged = buffer.pointer + slotCount * size, pieces = merged + size
+            let slotBuffer = ScratchBuffer(count: slotCount * size, zeroed: true)
+            let initialBuffer = ScratchBuffer(count: InitialLevels.storageCount(geo), zeroed: false)
+            let slots = slotBuffer.pointer
             for bh in range {
                 let b = bh / H, h = bh % H, g = h / s.headsPerGroup
-                let initial = InitialLevels(geo, base: inp.initial.map { $0 + bh * L0 * size }, merged: merged)
+                let initial = InitialLevels(geo, base: inp.initial.map { $0 + bh * L0 * size }, storage: initialBuffer.pointer)
                 // Live chunk-level block states: slot ℓ' holds the block read at level c+ℓ', decayed
                 // to the end of its own last chunk; slotReference is the Double running log-decay there.
                 var slotReference = [Double](repeating: 0, count: slotCount)
                 for lp in 1..<slotCount {
-                    if let p = initial.slots[lp] { transpose(p, rows: P, columns: N, into: slots + lp * size) }
+                    if let p = initial.slots[lp] { (slots + lp * size).update(from: p, count: size) }
                 }
-                for l in 0...cb { if let p = initial.pieces[l] { transpose(p, rows: P, columns: N, into: pieces + l * size) } }
                 var before = 0.0          // running log-decay up to the chunk's first token
                 for z in geo.firstChunk...geo.lastChunk {
                     let (lo, hi, offset) = geo.range(z)
@@ -337,11 +370,12 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                     for i in 0..<q { simdAxpy(inp.D[h], inp.x + geo.xOffset(b, lo + i, h), yc + i * geo.xRow, P) }
                     let splitHere = z == geo.firstChunk && geo.splitFirstChunk
                     if splitHere {
-                        for l in 0...cb where initial.pieces[l] != nil {
+                        for l in 0...cb {
+                            guard let piece = initial.pieces[l] else { continue }
                             for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] }
-                            stateToOutputTransposed(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateT: pieces + l * size,
-                                                    logDecay: work.logDecay, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
-                                                    scratch: work.blockScratch)
+                            ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateTransposed: piece,
+                                                    ldStateTransposed: P, logDecay: work.logDecay, rowScale: work.rowScale,
+                                                    y: yc, ldy: geo.xRow, accumulate: true, scratch: work.blockScratch)
                         }
                     }
                     var bits = z, lp = 1
@@ -349,9 +383,9 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                         if bits & 1 == 1 {
                             let f = Float(exp(before - slotReference[lp]))
                             for i in 0..<q { work.rowScale[i] = lam[i * geo.lamRow + cb + lp] * f }
-                            stateToOutputTransposed(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateT: slots + lp * size,
-                                                    logDecay: work.logDecay, rowScale: work.rowScale, y: yc, ldy: geo.xRow,
-                                                    scratch: work.blockScratch)
+                            ssdStateToOutputForward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateTransposed: slots + lp * size,
+                                                    ldStateTransposed: P, logDecay: work.logDecay, rowScale: work.rowScale,
+                                                    y: yc, ldy: geo.xRow, accumulate: true, scratch: work.blockScratch)
                         }
                         bits >>= 1; lp += 1
                     }
@@ -362,11 +396,12 @@ public func logLinearChunkedForward(_ inputs: LogLinearInputs, options: LogLinea
                         // This chunk's end state, then the carry through the full slots below the
                         // first zero bit of z (the chunk-level merge).
                         let carry = work.state
-                        chunkStateTransposed(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
-                                             logDecay: work.logDecay, stateT: carry, scratch: work.blockScratch)
+                        ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
+                                             logDecay: work.logDecay, stateTransposed: carry, ldStateTransposed: P, beta: 0,
+                                             scratch: work.blockScratch)
                         if splitHere {
                             let e = Float(exp(total))
-                            for l in 0...cb where initial.pieces[l] != nil { simdAxpy(e, pieces + l * size, carry, size) }
+                            for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, carry, size) } }
                         }
                         let m = (z + 1).trailingZeroBitCount
                         if m >= 1 {
@@ -409,16 +444,19 @@ private func writeFinalState(_ geo: LogLinearGeometry, _ inp: LogLinearPointers,
     let bRows = inp.B + geo.bcOffset(b, lo, g)
     forEachLevelRange(row: q - 1, offset: offset) { level, j0, j1 in
         // Σ_{j∈[j0,j1)} e^{a_{j+1}+…+a_{q−1}} Δ_j x_j B_jᵀ: the block decays to j1−1, then on to the end.
-        let target = out + level * size
+        let target = out + level * size, blockState = work.state
         ssdChunkStateForward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
-                             ldb: geo.bcRow, logDecay: work.logDecay + j0, state: target, ldState: N, beta: 0,
-                             scratch: work.blockScratch)
+                             ldb: geo.bcRow, logDecay: work.logDecay + j0, stateTransposed: blockState,
+                             ldStateTransposed: P, beta: 0, scratch: work.blockScratch)
+        ssdTranspose(blockState, ld: P, rows: N, cols: P, into: target, ldOut: N)
         simdScale(target, fastExp(work.suffix[j1]), size)
     }
     if z == geo.firstChunk && geo.splitFirstChunk {
         let qf = geo.t0 + geo.T - 1, e = fastExp(last)
         for l in 0...cb {
-            if let piece = initial.pieces[l] { simdAxpy(e, piece, out + max(l, bitLength(qf ^ (geo.t0 - 1))) * size, size) }
+            guard let piece = initial.pieces[l] else { continue }
+            let target = out + max(l, bitLength(qf ^ (geo.t0 - 1))) * size
+            for p in 0..<P { for n in 0..<N { target[p * N + n] += e * piece[n * P + p] } }
         }
     }
 }
@@ -445,42 +483,6 @@ struct DenormalsFlushed {
     init() {}
     func restore() {}
     #endif
-}
-
-/// dst (columns×rows) = srcᵀ, src rows×columns (both packed).
-@inline(__always)
-func transpose(_ src: UnsafePointer<Float>, rows: Int, columns: Int, into dst: UnsafeMutablePointer<Float>) {
-    for r in 0..<rows { for c in 0..<columns { dst[c * rows + r] = src[r * columns + c] } }
-}
-
-/// `ssdStateToOutputForward` for a state stored transposed (n×p, ld p), accumulating:
-///     Y (q×p, ldy) += diag(r ∘ e^{cum}) · C · stateT,   cum_i = a_0 + … + a_i.
-/// scratch ≥ q·n floats.
-@inline(__always)
-func stateToOutputTransposed(q: Int, p: Int, n: Int, c: UnsafePointer<Float>, ldc: Int, stateT: UnsafePointer<Float>,
-                             logDecay a: UnsafePointer<Float>, rowScale: UnsafePointer<Float>,
-                             y: UnsafeMutablePointer<Float>, ldy: Int, scratch: UnsafeMutablePointer<Float>) {
-    var cum: Float = 0
-    for i in 0..<q {
-        cum += a[i]
-        scaledCopy(c + i * ldc, fastExp(cum) * rowScale[i], scratch + i * n, n)
-    }
-    gemm(m: q, n: p, k: n, a: scratch, lda: n, b: stateT, ldb: p, beta: 1, c: y, ldc: ldy)
-}
-
-/// `ssdChunkStateForward` (β = 0) writing the state transposed:
-///     stateT (n×p) = Bᵀ diag(w) X,   w_j = e^{a_{j+1} + … + a_{q−1}}.
-/// scratch ≥ q·p floats.
-@inline(__always)
-func chunkStateTransposed(q: Int, p: Int, n: Int, x: UnsafePointer<Float>, ldx: Int, b: UnsafePointer<Float>, ldb: Int,
-                          logDecay a: UnsafePointer<Float>, stateT: UnsafeMutablePointer<Float>,
-                          scratch: UnsafeMutablePointer<Float>) {
-    var suffix: Float = 0
-    for j in stride(from: q - 1, through: 0, by: -1) {
-        scaledCopy(x + j * ldx, fastExp(suffix), scratch + j * p, p)
-        suffix += a[j]
-    }
-    gemm(transA: true, m: n, n: p, k: q, a: b, lda: ldb, b: scratch, ldb: p, c: stateT, ldc: p)
 }
 
 // MARK: - Backward
@@ -599,15 +601,15 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
     let size = P * N, L0 = s.initialLevels, first = geo.firstChunk, last = geo.lastChunk
     let work = LogLinearChunkWork(Q: Q, P: P, N: N)
     let slotCount = geo.maxChunkLevel + 2
-    // nodes[i]: state of the block created after chunk first+i (decayed to its end); dNodes: gradient.
+    // nodes[i]: state of the block created after chunk first+i (decayed to its end, N×P); dNodes:
+    // its gradient. dSlots, dPieces: gradients of the initial state's slots and pieces (N×P).
     let nodeCount = geo.chunkCount - 1
     let nodeBuffer = ScratchBuffer(count: 2 * max(nodeCount, 1) * size, zeroed: true)
     let nodes = nodeBuffer.pointer, dNodes = nodeBuffer.pointer + max(nodeCount, 1) * size
-    let initialBuffer = ScratchBuffer(count: (slotCount + 1 + cb + 1) * size, zeroed: true)
-    let dSlots = initialBuffer.pointer                                 // gradients of initial slots
-    let merged = initialBuffer.pointer + slotCount * size
-    let dPieces = merged + size                                        // gradients of initial pieces
-    let initial = InitialLevels(geo, base: inp.initial.map { $0 + (b * s.heads + h) * L0 * size }, merged: merged)
+    let initialBuffer = ScratchBuffer(count: InitialLevels.storageCount(geo) + (slotCount + cb + 1) * size, zeroed: true)
+    let dSlots = initialBuffer.pointer, dPieces = dSlots + slotCount * size
+    let initial = InitialLevels(geo, base: inp.initial.map { $0 + (b * s.heads + h) * L0 * size },
+                                storage: dPieces + (cb + 1) * size)
     var nodeReference = [Double](repeating: 0, count: max(nodeCount, 1))
     var before = [Double](repeating: 0, count: geo.chunkCount)
     // Difference array over chunks: a value added on chunks [c1, c2] reaches every log-decay in them.
@@ -640,7 +642,8 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
         guard z < last else { break }
         let node = nodes + (z - first) * size
         ssdChunkStateForward(q: q, p: P, n: N, x: work.xd, ldx: P, b: inp.B + geo.bcOffset(b, lo, g), ldb: geo.bcRow,
-                             logDecay: work.logDecay, state: node, ldState: N, beta: 0, scratch: work.blockScratch)
+                             logDecay: work.logDecay, stateTransposed: node, ldStateTransposed: P, beta: 0,
+                             scratch: work.blockScratch)
         if z == first && geo.splitFirstChunk {
             let e = Float(exp(total))
             for l in 0...cb { if let piece = initial.pieces[l] { simdAxpy(e, piece, node, size) } }
@@ -678,7 +681,7 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
                               decay: work.decay, ldDecay: Q, weight: work.weight, ldWeight: Q, x: work.xd, ldx: P,
                               dY: gyc, lddy: xRow, dX: du, lddx: P, accumulateX: false,
                               dScores: dScores + (z - first) * Q * Q, dWeight: work.dWeight,
-                              dLogDecay: dLog, matrix: work.matrix)
+                              dLogDecay: dLog, matrix: work.matrix, scratch: work.blockScratch)
         for i in 0..<q {
             let dw = work.dWeight + i * q
             forEachLevelRange(row: i, offset: offset) { level, j0, j1 in
@@ -692,11 +695,11 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
             for l in 0...cb {
                 guard let piece = initial.pieces[l] else { continue }
                 for i in 0..<q { work.rowScale[i] = lam[i * lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] }
-                ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: piece, ldState: N,
-                                         logDecay: work.logDecay, rowScale: work.rowScale, dY: gyc, lddy: xRow,
-                                         dC: dC, lddc: N, accumulateC: true, dState: dPieces + l * size, lddState: N,
-                                         accumulateState: true, dLogDecay: dLog, dRowScale: work.rowGrad,
-                                         scratch: work.blockScratch)
+                ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateTransposed: piece,
+                                         ldStateTransposed: P, logDecay: work.logDecay, rowScale: work.rowScale,
+                                         dY: gyc, lddy: xRow, dC: dC, lddc: N, accumulateC: true,
+                                         dStateTransposed: dPieces + l * size, lddStateTransposed: P, accumulateState: true,
+                                         dLogDecay: dLog, dRowScale: work.rowGrad, scratch: work.blockScratch)
                 for i in 0..<q { dlam[i * lamRow + max(l, bitLength((geo.t0 + lo + i) ^ (geo.t0 - 1)))] += work.rowGrad[i] }
             }
         }
@@ -707,11 +710,11 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
                 if let st {
                     let f = Float(exp(beforeZ - ref))
                     for i in 0..<q { work.rowScale[i] = lam[i * lamRow + cb + lp] * f }
-                    ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, state: st, ldState: N,
-                                             logDecay: work.logDecay, rowScale: work.rowScale, dY: gyc, lddy: xRow,
-                                             dC: dC, lddc: N, accumulateC: true, dState: dst, lddState: N,
-                                             accumulateState: true, dLogDecay: dLog, dRowScale: work.rowGrad,
-                                             scratch: work.blockScratch)
+                    ssdStateToOutputBackward(q: q, p: P, n: N, c: cRows, ldc: geo.bcRow, stateTransposed: st,
+                                             ldStateTransposed: P, logDecay: work.logDecay, rowScale: work.rowScale,
+                                             dY: gyc, lddy: xRow, dC: dC, lddc: N, accumulateC: true,
+                                             dStateTransposed: dst, lddStateTransposed: P, accumulateState: true,
+                                             dLogDecay: dLog, dRowScale: work.rowGrad, scratch: work.blockScratch)
                     var v = 0.0
                     for i in 0..<q {
                         dlam[i * lamRow + cb + lp] += f * work.rowGrad[i]
@@ -729,7 +732,8 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
                 if bits & 1 == 1 {
                     let (st, dst, ref, end) = block(z, lp)
                     if let st {
-                        let phi = Float(exp(Double(work.total) + beforeZ - ref)), gl = gF + (cb + lp) * size
+                        let phi = Float(exp(Double(work.total) + beforeZ - ref)), gl = work.state
+                        ssdTranspose(gF + (cb + lp) * size, ld: N, rows: P, cols: N, into: gl, ldOut: P)
                         simdAxpy(phi, gl, dst, size)
                         let v = Double(phi * simdDot(gl, st, size))
                         wholeChunk += v
@@ -742,21 +746,23 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
                 // F_ℓ = e^{a_{j1}+…+a_{q−1}} · (the block's state at j1−1)
                 let phi = fastExp(work.suffix[j1]), blockState = work.state2, scaled = work.state
                 ssdChunkStateForward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
-                                     ldb: geo.bcRow, logDecay: work.logDecay + j0, state: blockState, ldState: N, beta: 0,
-                                     scratch: work.blockScratch)
-                scaledCopy(gF + level * size, phi, scaled, size)
+                                     ldb: geo.bcRow, logDecay: work.logDecay + j0, stateTransposed: blockState,
+                                     ldStateTransposed: P, beta: 0, scratch: work.blockScratch)
+                ssdTranspose(gF + level * size, ld: N, rows: P, cols: N, into: scaled, ldOut: P)
+                simdScale(scaled, phi, size)
                 let v = simdDot(scaled, blockState, size)
                 for k in j1..<q { dLog[k] += v }
                 ssdChunkStateBackward(q: j1 - j0, p: P, n: N, x: work.xd + j0 * P, ldx: P, b: bRows + j0 * geo.bcRow,
-                                      ldb: geo.bcRow, logDecay: work.logDecay + j0, dState: scaled, lddState: N,
-                                      dX: du + j0 * P, lddx: P, accumulateX: true, dB: dB + j0 * N, lddb: N,
-                                      accumulateB: true, dLogDecay: dLog + j0, scratch: work.blockScratch)
+                                      ldb: geo.bcRow, logDecay: work.logDecay + j0, dStateTransposed: scaled,
+                                      lddStateTransposed: P, dX: du + j0 * P, lddx: P, accumulateX: true, dB: dB + j0 * N,
+                                      lddb: N, accumulateB: true, dLogDecay: dLog + j0, scratch: work.blockScratch)
             }
             if z == first && geo.splitFirstChunk {
                 let qf = geo.t0 + T - 1, e = fastExp(work.total)
                 for l in 0...cb {
                     guard let piece = initial.pieces[l] else { continue }
-                    let gl = gF + max(l, bitLength(qf ^ (geo.t0 - 1))) * size
+                    let gl = work.state
+                    ssdTranspose(gF + max(l, bitLength(qf ^ (geo.t0 - 1))) * size, ld: N, rows: P, cols: N, into: gl, ldOut: P)
                     simdAxpy(e, gl, dPieces + l * size, size)
                     wholeChunk += Double(e * simdDot(gl, piece, size))
                 }
@@ -784,8 +790,9 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
                 }
             }
             ssdChunkStateBackward(q: q, p: P, n: N, x: work.xd, ldx: P, b: bRows, ldb: geo.bcRow,
-                                  logDecay: work.logDecay, dState: dcs, lddState: N, dX: du, lddx: P, accumulateX: true,
-                                  dB: dB, lddb: N, accumulateB: true, dLogDecay: dLog, scratch: work.blockScratch)
+                                  logDecay: work.logDecay, dStateTransposed: dcs, lddStateTransposed: P, dX: du, lddx: P,
+                                  accumulateX: true, dB: dB, lddb: N, accumulateB: true, dLogDecay: dLog,
+                                  scratch: work.blockScratch)
         }
         // (5) per token: the cross-chunk decay gradients, then Δ, x, dt.
         pending += spread[z - first]
@@ -799,23 +806,12 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
             let dxRow = dx + xo
             for p in 0..<P { dxRow[p] = d * duRow[p] + skip * gyRow[p] }
             let pre = Double(inp.dt[geo.dtOffset(b, t, h)] + bias)
-            let ddtValue = Double(dDelta) / (1 + exp(-pre))
+            let ddtValue = Double(dDelta) * sigmoidDouble(pre)
             ddt[geo.dtOffset(b, t, h)] = Float(ddtValue)
             sumA += Double(dLogI) * Double(d); sumD += Double(simdDot(gyRow, xIn, P)); sumBias += ddtValue
         }
     }
     // The initial state's gradient, level by level.
-    if let dInitial {
-        for l in 0...cb where geo.splitFirstChunk && initial.pieces[l] != nil {
-            (dInitial + l * size).update(from: dPieces + l * size, count: size)
-        }
-        for lp in 1..<slotCount where initial.slots[lp] != nil {
-            if !geo.splitFirstChunk && lp == initial.mergedSlot {
-                for l in initial.mergedLevels { (dInitial + l * size).update(from: dSlots + lp * size, count: size) }
-            } else {
-                (dInitial + (cb + lp) * size).update(from: dSlots + lp * size, count: size)
-            }
-        }
-    }
+    if let dInitial { initial.writeGradient(geo, dSlots: dSlots, dPieces: dPieces, into: dInitial) }
     return (sumA, sumD, sumBias)
 }

@@ -50,7 +50,6 @@ public struct LogLinearReferenceGradients: Sendable {
     public var D: [Double], dtBias: [Double], lambda: [Double], initialState: [Double]
 }
 
-@inline(__always) func sigmoidDouble(_ v: Double) -> Double { 1 / (1 + exp(-v)) }
 
 /// y [B,T,H,P] and the final state [B,H,Lf,P,N], Lf = logLinearLevelCount(tokens: t0 + T).
 public func logLinearNaiveForward(_ inputs: LogLinearReferenceInputs) -> (y: [Double], finalState: [Double]) {
@@ -67,7 +66,7 @@ public func logLinearNaiveForward(_ inputs: LogLinearReferenceInputs) -> (y: [Do
             var delta = [Double](repeating: 0, count: T), cum = [Double](repeating: 0, count: T)
             var run = 0.0
             for t in 0..<T {
-                delta[t] = softplus(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
+                delta[t] = softplusDouble(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
                 run += delta[t] * inputs.A[h]
                 cum[t] = run
             }
@@ -134,7 +133,7 @@ public func logLinearNaiveBackward(_ inputs: LogLinearReferenceInputs, gradY gy:
             var delta = [Double](repeating: 0, count: T), cum = [Double](repeating: 0, count: T)
             var run = 0.0
             for t in 0..<T {
-                delta[t] = softplus(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
+                delta[t] = softplusDouble(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
                 run += delta[t] * inputs.A[h]
                 cum[t] = run
             }

@@ -119,7 +119,7 @@ public func logLinearStep(_ inputs: LogLinearInputs, state: inout LogLinearDecod
                     if k >= 1 { for l in 1...k { simdAxpy(1, S + l * size, target, size) } }
                     S.update(repeating: 0, count: (k + 1) * size)
                 }
-                let delta = Float(softplus(Double(inp.dt[bh] + inp.dtBias[h])))
+                let delta = Float(softplusDouble(Double(inp.dt[bh] + inp.dtBias[h])))
                 let decay = fastExp(delta * inp.A[h])
                 let xRow = inp.x + bh * P, bRow = inp.B + (b * G + g) * N, cRow = inp.C + (b * G + g) * N
                 let lam = inp.lambda + bh * L

@@ -41,12 +41,9 @@ public struct SSDOptions: Sendable {
     public var chunkSize: Int
     /// Δ = softplus(dt + dtBias) when true (Mamba-2's default), Δ = dt + dtBias otherwise.
     public var deltaSoftplus: Bool
-    /// Chunks handled per parallel phase: bounds the scratch memory of the B/C-sharing work to
-    /// O(chunksPerSegment · Q²) per group, independent of T.
-    public var chunksPerSegment: Int
 
-    public init(chunkSize: Int = 64, deltaSoftplus: Bool = true, chunksPerSegment: Int = 16) {
-        self.chunkSize = chunkSize; self.deltaSoftplus = deltaSoftplus; self.chunksPerSegment = chunksPerSegment
+    public init(chunkSize: Int = 64, deltaSoftplus: Bool = true) {
+        self.chunkSize = chunkSize; self.deltaSoftplus = deltaSoftplus
     }
 }
 
@@ -96,8 +93,9 @@ public struct SSDForwardResult {
     public var y: Tensor
     /// The state after the last token, [B,H,P,N].
     public var finalState: Tensor
-    /// The state entering every chunk, [B,H,nChunks,P,N] (only when asked for): lets the backward
-    /// skip recomputing them. Its size is T·P·N/Q per head, i.e. linear in T.
+    /// The state entering every chunk and the final one, TRANSPOSED: [B,H,nChunks+1,N,P] (only
+    /// when asked for; slot c is Sᵀ entering chunk c). Lets the backward skip recomputing them.
+    /// Its size is T·P·N/Q per head, i.e. linear in T.
     public var chunkStates: Tensor?
 }
 

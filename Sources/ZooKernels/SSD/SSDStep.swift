@@ -24,14 +24,17 @@ public func ssdStep(_ inputs: SSDInputs, state: inout Tensor, options: SSDOption
     let (H, P, N, G) = (s.heads, s.headDim, s.stateSize, s.groups)
     var y = Tensor(uninitializedShape: s.xShape)
     let yp = y.mutablePointer(), sp = state.mutablePointer()
-    withExtendedLifetime(inputs) {
+    let deltas = ScratchBuffer(count: 2 * s.batch * H, zeroed: false)
+    withExtendedLifetime((inputs, deltas)) {
         let inp = SSDPointers(inputs)
+        let raw = deltas.pointer + s.batch * H
+        for bh in 0..<(s.batch * H) { raw[bh] = inp.dt[bh] + inp.dtBias[bh % H] }
+        ssdDelta(raw, count: s.batch * H, softplus: options.deltaSoftplus, delta: deltas.pointer, slope: raw)
         // A head's update is only P·N multiply-adds: fork only when there is enough of them.
         ZooThreads.parallelFor(s.batch * H, minChunk: max(1, 16_384 / (P * N))) { range in
             for bh in range {
                 let b = bh / H, h = bh % H, g = h / s.headsPerGroup
-                let v = inp.dt[b * H + h] + inp.dtBias[h]
-                let delta = options.deltaSoftplus ? Float(softplus(Double(v))) : v
+                let delta = deltas.pointer[bh]
                 let decay = fastExp(delta * inp.A[h])
                 let xr = inp.x + (b * H + h) * P, yr = yp + (b * H + h) * P
                 let br = inp.B + (b * G + g) * N, cr = inp.C + (b * G + g) * N
