@@ -685,9 +685,7 @@ private func backwardHead(_ geo: LogLinearGeometry, _ inp: LogLinearPointers, b:
         for i in 0..<q {
             let dw = work.dWeight + i * q
             forEachLevelRange(row: i, offset: offset) { level, j0, j1 in
-                var sum: Float = 0
-                for j in j0..<j1 { sum += dw[j] }
-                dlam[i * lamRow + level] += sum
+                dlam[i * lamRow + level] += j1 - j0 >= 16 ? simdSum(dw + j0, j1 - j0) : (j0..<j1).reduce(0) { $0 + dw[$1] }
             }
         }
         // (2) the initial state's in-chunk pieces and the chunk-level blocks
