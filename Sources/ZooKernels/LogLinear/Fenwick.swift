@@ -33,44 +33,49 @@
     return ((tokens - 1) >> (level - 1)) & 1 == 1
 }
 
-/// Shapes of one log-linear attention call. Inputs (canonical layout, ../shared/DESIGN.md §4):
-///   x [B, T, H, P], dt [B, T, H], A [H], B and C [B, T, G, N], D [H], dt_bias [H],
-///   λ [B, T, H, L] with L ≥ logLinearLevelCount(tokens: start + T),
-///   optional initial state [B, H, L0, P, N] with L0 = logLinearLevelCount(tokens: start).
-/// `startPosition` is the absolute position of the first token (the tokens already folded into the
-/// initial state); levels depend on absolute positions, so a continued prefill must pass it.
+/// Shapes of one log-linear attention call: SSD's sizes plus the λ levels and the start position.
+/// Inputs (canonical layout, ../shared/DESIGN.md §4): those of SSD (x [B, T, H, P], dt [B, T, H],
+/// A [H], B and C [B, T, G, N], D [H], dt_bias [H]), λ [B, T, H, L] with
+/// L ≥ logLinearLevelCount(tokens: start + T), optional initial state [B, H, L0, P, N] with
+/// L0 = logLinearLevelCount(tokens: start). `startPosition` is the absolute position of the first
+/// token (the tokens already folded into the initial state): levels depend on absolute positions,
+/// so a continued prefill must pass it.
 public struct LogLinearShape: Sendable, Equatable, CustomStringConvertible {
-    public var batch: Int
-    public var length: Int
-    public var heads: Int
-    public var headDim: Int
-    public var groups: Int
-    public var stateSize: Int
+    public var ssd: SSDShape
     public var lambdaLevels: Int
     public var startPosition: Int
 
+    public init(ssd: SSDShape, lambdaLevels: Int, startPosition: Int = 0) {
+        self.ssd = ssd; self.lambdaLevels = lambdaLevels; self.startPosition = startPosition
+    }
+
     public init(batch: Int, length: Int, heads: Int, headDim: Int, groups: Int, stateSize: Int,
                 lambdaLevels: Int, startPosition: Int = 0) {
-        self.batch = batch; self.length = length; self.heads = heads; self.headDim = headDim
-        self.groups = groups; self.stateSize = stateSize; self.lambdaLevels = lambdaLevels
-        self.startPosition = startPosition
+        self.init(ssd: SSDShape(batch: batch, length: length, heads: heads, headDim: headDim, groups: groups,
+                                stateSize: stateSize),
+                  lambdaLevels: lambdaLevels, startPosition: startPosition)
     }
+
+    public var batch: Int { ssd.batch }
+    public var length: Int { ssd.length }
+    public var heads: Int { ssd.heads }
+    public var headDim: Int { ssd.headDim }
+    public var groups: Int { ssd.groups }
+    public var stateSize: Int { ssd.stateSize }
+    public var headsPerGroup: Int { ssd.headsPerGroup }
+    public var xShape: [Int] { ssd.xShape }
+    public var dtShape: [Int] { ssd.dtShape }
+    public var bcShape: [Int] { ssd.bcShape }
+    public var lambdaShape: [Int] { [batch, length, heads, lambdaLevels] }
+    /// [B, H, levels, P, N]: a decode state after `tokens` tokens.
+    public func stateShape(tokens: Int) -> [Int] { [batch, heads, logLinearLevelCount(tokens: tokens), headDim, stateSize] }
 
     /// Levels of the initial state (tokens before the call).
     public var initialLevels: Int { logLinearLevelCount(tokens: startPosition) }
     /// Levels of the final state, and the λ levels the call needs.
     public var finalLevels: Int { logLinearLevelCount(tokens: startPosition + length) }
-    public var headsPerGroup: Int { heads / groups }
-    public var xShape: [Int] { [batch, length, heads, headDim] }
-    public var dtShape: [Int] { [batch, length, heads] }
-    public var bcShape: [Int] { [batch, length, groups, stateSize] }
-    public var lambdaShape: [Int] { [batch, length, heads, lambdaLevels] }
-    /// [B, H, levels, P, N]: a decode state after `tokens` tokens.
-    public func stateShape(tokens: Int) -> [Int] { [batch, heads, logLinearLevelCount(tokens: tokens), headDim, stateSize] }
 
-    public var description: String {
-        "B=\(batch) T=\(length) H=\(heads) P=\(headDim) G=\(groups) N=\(stateSize) L=\(lambdaLevels) start=\(startPosition)"
-    }
+    public var description: String { "\(ssd) L=\(lambdaLevels) start=\(startPosition)" }
 
     /// Stops with a message naming `function` when the sizes are inconsistent.
     public func validate(_ function: String) {

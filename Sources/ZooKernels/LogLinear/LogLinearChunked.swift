@@ -53,33 +53,22 @@ public struct LogLinearInputs: Sendable {
         self.lambda = lambda; self.initialState = initialState; self.startPosition = startPosition
     }
 
-    /// The sizes after checking every shape; stops with a message naming `function` otherwise.
+    /// The sizes after checking every shape (SSD's inputs by `SSDInputs.validatedShape`, then λ and
+    /// the initial state); stops with a message naming `function` otherwise.
     public func validatedShape(_ function: String) -> LogLinearShape {
         func fail(_ what: String) -> Never { fatalError("\(function): \(what)") }
-        if x.rank != 4 { fail("x must be [B,T,H,P], got \(x.shape)") }
-        if B.rank != 4 { fail("B must be [B,T,G,N], got \(B.shape)") }
-        if lambda.rank != 4 { fail("λ must be [B,T,H,L], got \(lambda.shape)") }
-        let s = LogLinearShape(batch: x.shape[0], length: x.shape[1], heads: x.shape[2], headDim: x.shape[3],
-                               groups: B.shape[2], stateSize: B.shape[3], lambdaLevels: lambda.shape[3],
-                               startPosition: startPosition)
+        let ssd = SSDInputs(x: x, dt: dt, A: A, B: B, C: C, D: D, dtBias: dtBias).validatedShape(function)
+        if lambda.rank != 4 || Array(lambda.shape.prefix(3)) != [ssd.batch, ssd.length, ssd.heads] {
+            fail("λ is \(lambda.shape), expected [\(ssd.batch),\(ssd.length),\(ssd.heads),L]")
+        }
+        let s = LogLinearShape(ssd: ssd, lambdaLevels: lambda.shape[3], startPosition: startPosition)
         s.validate(function)
-        let (b, t, h) = (s.batch, s.length, s.heads)
-        if dt.shape != [b, t, h] { fail("dt is \(dt.shape), expected \([b, t, h]) for x \(x.shape)") }
-        for (name, v) in [("A", A), ("D", D), ("dt_bias", dtBias)] where v.shape != [h] {
-            fail("\(name) is \(v.shape), expected [\(h)]")
-        }
-        if B.shape != [b, t, s.groups, s.stateSize] || C.shape != B.shape {
-            fail("B \(B.shape) and C \(C.shape) must both be [\(b),\(t),G,N]")
-        }
-        if lambda.shape[0] != b || lambda.shape[1] != t || lambda.shape[2] != h {
-            fail("λ is \(lambda.shape), expected [\(b),\(t),\(h),L]")
-        }
-        let initialShape = [b, h, s.initialLevels, s.headDim, s.stateSize]
+        let initialShape = s.stateShape(tokens: startPosition)
         if let initialState, initialState.shape != initialShape {
             fail("initial state is \(initialState.shape), expected \(initialShape) at start position \(startPosition)")
         }
         if initialState == nil && startPosition > 0 {
-            fail("start position \(startPosition) needs the initial state [B,H,\(s.initialLevels),P,N] of those tokens")
+            fail("start position \(startPosition) needs the initial state \(initialShape) of those tokens")
         }
         return s
     }

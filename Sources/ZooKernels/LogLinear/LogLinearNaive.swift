@@ -26,6 +26,19 @@ public struct LogLinearReferenceInputs: Sendable {
         self.D = D; self.dtBias = dtBias; self.lambda = lambda; self.initialState = initialState
     }
 
+    /// Δ_t and cum_t = Σ_{k≤t} Δ_k A of head (b, h), over this call's tokens.
+    func decays(_ b: Int, _ h: Int) -> (delta: [Double], cum: [Double]) {
+        let (T, H) = (shape.length, shape.heads)
+        var delta = [Double](repeating: 0, count: T), cum = [Double](repeating: 0, count: T)
+        var run = 0.0
+        for t in 0..<T {
+            delta[t] = softplusDouble(dt[(b * T + t) * H + h] + dtBias[h])
+            run += delta[t] * A[h]
+            cum[t] = run
+        }
+        return (delta, cum)
+    }
+
     func validate(_ function: String) {
         shape.validate(function)
         let s = shape
@@ -63,13 +76,7 @@ public func logLinearNaiveForward(_ inputs: LogLinearReferenceInputs) -> (y: [Do
     for b in 0..<s.batch {
         for h in 0..<H {
             let g = h / (H / G)
-            var delta = [Double](repeating: 0, count: T), cum = [Double](repeating: 0, count: T)
-            var run = 0.0
-            for t in 0..<T {
-                delta[t] = softplusDouble(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
-                run += delta[t] * inputs.A[h]
-                cum[t] = run
-            }
+            let (delta, cum) = inputs.decays(b, h)
             func xAt(_ t: Int, _ p: Int) -> Double { inputs.x[((b * T + t) * H + h) * P + p] }
             func bAt(_ t: Int, _ n: Int) -> Double { inputs.B[((b * T + t) * G + g) * N + n] }
             func cAt(_ t: Int, _ n: Int) -> Double { inputs.C[((b * T + t) * G + g) * N + n] }
@@ -130,13 +137,7 @@ public func logLinearNaiveBackward(_ inputs: LogLinearReferenceInputs, gradY gy:
     for b in 0..<s.batch {
         for h in 0..<H {
             let g = h / (H / G)
-            var delta = [Double](repeating: 0, count: T), cum = [Double](repeating: 0, count: T)
-            var run = 0.0
-            for t in 0..<T {
-                delta[t] = softplusDouble(inputs.dt[(b * T + t) * H + h] + inputs.dtBias[h])
-                run += delta[t] * inputs.A[h]
-                cum[t] = run
-            }
+            let (delta, cum) = inputs.decays(b, h)
             func xi(_ t: Int, _ p: Int) -> Int { ((b * T + t) * H + h) * P + p }
             func bi(_ t: Int, _ n: Int) -> Int { ((b * T + t) * G + g) * N + n }
             func li(_ t: Int, _ l: Int) -> Int { ((b * T + t) * H + h) * L + l }
