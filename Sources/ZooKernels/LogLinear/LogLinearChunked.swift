@@ -7,7 +7,7 @@
 // Chunks of Q = 2^c tokens sit at absolute multiples of Q (the first and last may be partial). For
 // t in chunk z and s in chunk y < z, level(t,s) = c + bit_length(z XOR y): pairs inside a chunk
 // have levels ≤ c, and across chunks the Fenwick tree repeats at chunk granularity. So, per chunk
-// and head (the SSD building blocks of ../SSD/ChunkBlocks.swift do each product):
+// and head (the SSD building blocks of ../SSD/SSDChunkBlocks.swift do each product; states N×P):
 //   (1) intra-chunk   Y  = (C Bᵀ ∘ L ∘ Λ) (Δ∘x),  Λ[i,j] = λ_i[level(i,j)]   (the λ-weighted block)
 //   (2) across chunks for every set bit ℓ'−1 of z:  Y += diag(λ[c+ℓ'] ∘ e^{cum}) C Wᵀ, W the state
 //       of the chunk block [(z>>ℓ')<<ℓ', (z>>(ℓ'−1))<<(ℓ'−1)) decayed to the start of z: one
