@@ -108,6 +108,9 @@ public func logLinearStep(_ inputs: LogLinearInputs, state: inout LogLinearDecod
         let inp = LogLinearPointers(inputs)
         // A head's update is a few P·N multiply-adds: fork only when there are enough of them.
         ZooThreads.parallelFor(batch * H, minChunk: max(1, 16_384 / size)) { range in
+            // Old levels decay towards zero through the denormal range (LogLinearChunked.swift).
+            let denormals = DenormalsFlushed()
+            defer { denormals.restore() }
             for bh in range {
                 let b = bh / H, h = bh % H, g = h / (H / G)
                 let S = levels + bh * Lcap * size
