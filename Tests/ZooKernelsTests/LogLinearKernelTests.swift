@@ -101,6 +101,8 @@ struct LogLinearKernelTests {
         ("start=5 T=2 Q=8 one chunk", LogLinearProblem(length: 2, start: 5, seed: 7), 8),
         ("start=24 T=1 Q=4", LogLinearProblem(length: 1, start: 24, seed: 8), 4),
         ("T=150 Q=64 extra λ levels", LogLinearProblem(length: 150, heads: 3, headDim: 16, stateSize: 16, extraLevels: 2, seed: 9), 64),
+        ("start=1234 split T=300 Q=8: many chunk levels", LogLinearProblem(length: 300, heads: 2, headDim: 3, stateSize: 2, start: 1234, seed: 10), 8),
+        ("start=1024 aligned T=77 Q=16", LogLinearProblem(batch: 2, length: 77, heads: 2, headDim: 3, stateSize: 2, start: 1024, seed: 11), 16),
     ]
 
     @Test(arguments: 0..<cases.count) func chunkedForwardMatchesNaive(_ index: Int) {
