@@ -58,7 +58,7 @@ let package = Package(
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
                 swiftSettings: optimised),
-        .target(name: "ZooBench", dependencies: ["ZooTensor"], swiftSettings: optimised),
+        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
