@@ -28,7 +28,7 @@ struct Zoo: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, measured side by side in one run (build with -c release).",
-        subcommands: [BenchCore.self])
+        subcommands: [BenchCore.self, BenchAttention.self])
 }
 
 struct BenchCore: ParsableCommand {
@@ -42,5 +42,23 @@ struct BenchCore: ParsableCommand {
     func run() throws {
         try common.apply()
         print(runCoreBenchmark(quick: quick))
+    }
+}
+
+struct BenchAttention: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention",
+        abstract: "Flash attention forward and forward+backward vs the naive kernel and raw sgemm; decode vs memcpy.")
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Sequence lengths (comma-separated).")
+    var lengths: String = "256,512,1024,2048,4096,8192,16384"
+    @Flag(help: "A shorter run, for smoke tests.")
+    var quick = false
+
+    func run() throws {
+        try common.apply()
+        let list = lengths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !list.isEmpty, list.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--lengths needs positive integers, got '\(lengths)'") }
+        print(runAttentionBenchmark(lengths: list, quick: quick))
     }
 }

@@ -131,22 +131,6 @@ public struct AttentionMask: Sendable {
 
 // MARK: - Shared numerics
 
-/// tanh for 16 lanes: Cephes' odd polynomial for |x| < 0.625 (keeps small inputs accurate, where
-/// 1 − 2/(e^{2x}+1) would lose digits to cancellation), that formula elsewhere. ~2 ulp.
-@inline(__always) func fastTanh(_ x: F16) -> F16 {
-    let z = x * x
-    var p = F16(repeating: -5.70498872745e-3)
-    p = F16(repeating: 2.06390887954e-2).addingProduct(p, z)
-    p = F16(repeating: -5.37397155531e-2).addingProduct(p, z)
-    p = F16(repeating: 1.33314422036e-1).addingProduct(p, z)
-    p = F16(repeating: -3.33332819422e-1).addingProduct(p, z)
-    let small = x.addingProduct(p * z, x)
-    let large = 1 - 2 / (fastExp(x + x) + 1)
-    return large.replacing(with: small, where: z .< 0.390625)   // |x| < 0.625
-}
-
-@inline(__always) func fastTanh(_ x: Float) -> Float { fastTanh(F16(repeating: x))[0] }
-
 /// Rounds up to a multiple of 16 floats (one SIMD vector): row widths the microkernels write.
 @inline(__always) func paddedTo16(_ n: Int) -> Int { (n + 15) & ~15 }
 

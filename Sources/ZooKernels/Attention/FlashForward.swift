@@ -23,7 +23,7 @@ import ZooTensor
 /// Query rows per work item; a multiple of 6 (the microkernel's row count).
 let forwardRowBlock = 96
 /// Panels per key tile (the online-softmax step); 4 × 64 = 256 keys.
-let forwardTilePanels = 4
+let forwardTilePanels = 8
 
 /// Flash attention forward (see the file comment). Writes `output` [B,Tq,Hq,dv] and `logSumExp`
 /// [B,Hq,Tq] (natural log of Σ exp(s) over visible keys, in score units; −∞ for a query that
@@ -36,12 +36,9 @@ public func flashAttentionForward(
     output: UnsafeMutablePointer<Float>, logSumExp: UnsafeMutablePointer<Float>
 ) {
     shape.validate("flashAttentionForward"); options.validate("flashAttentionForward")
-    let packed = packPanels(k: k, v: v, shape: shape)
-    packed.table.withUnsafeBufferPointer { table in
-        let panels = AttentionPanels(pages: table.baseAddress!, pageCount: packed.panels, keyLength: shape.keyLength,
-                                     headDim: shape.headDim, valueDim: shape.valueDim)
+    let packed = PackedPanels(k: k, v: v, shape: shape)
+    packed.withPanels { panels in
         flashForward(q: q, panels: panels, shape: shape, options: options, output: output, logSumExp: logSumExp)
-        withExtendedLifetime(packed.buffer) {}
     }
 }
 
@@ -151,7 +148,7 @@ func flashForward(
                 for part in 0..<splits {
                     let pm = first[part * stride + rowBlock * dvPad + i]
                     if pm == -.infinity { continue }
-                    let w = fastExp(pm - m)
+                    let w = Lanes.exp(pm - m)
                     sum += w * first[part * stride + rowBlock * dvPad + rowBlock + i]
                     let src = first + part * stride + i * dvPad
                     for c in 0..<dv { oRow[c] += w * src[c] }
@@ -288,19 +285,23 @@ public func attendRowBlock(
                     }
                 }
             }
-            for slot in first..<last {
-                let p = panelList[tileStart + slot]
-                tileMultiply(m: groupRows, n: dvPad, k: width, a: sRows + slot * width, aRowStride: ldS, aStep: 1,
-                             b: panels.values(group: group, panel: p), ldb: dvPad,
+            // O += P·V, one pass per run of panels whose values are contiguous.
+            var slot = first
+            while slot < last {
+                var end = slot + 1
+                if panels.valuesContiguous {
+                    while end < last && panelList[tileStart + end] == panelList[tileStart + end - 1] + 1 { end += 1 }
+                }
+                tileMultiply(m: groupRows, n: dvPad, k: (end - slot) * width, a: sRows + slot * width, aRowStride: ldS, aStep: 1,
+                             b: panels.values(group: group, panel: panelList[tileStart + slot]), ldb: dvPad,
                              c: state.output + r0 * dvPad, ldc: dvPad, accumulate: true)
+                slot = end
             }
             r0 += 6
         }
         tileStart += tileCount
     }
 }
-
-private let laneIndex: SIMD16<Int32> = SIMD16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 
 /// One row of a score tile: softcap, mask, online-softmax update; leaves P in place of S.
 @inline(__always)
@@ -318,26 +319,26 @@ private func onlineSoftmaxRow(
         let seg = s + slot * width
         let key0 = panelList[slot] * width
         if softcap > 0 {
-            for v in 0..<4 { store16(seg + 16 * v, cap * fastTanh(load16(seg + 16 * v))) }
+            for v in 0..<4 { store16(seg + 16 * v, cap * Lanes.tanh(load16(seg + 16 * v))) }
         }
         if key0 >= lower && key0 + width <= upper {
-            mx0 = vmax(mx0, vmax(load16(seg), load16(seg + 16)))
-            mx1 = vmax(mx1, vmax(load16(seg + 32), load16(seg + 48)))
+            mx0 = Lanes.max(mx0, Lanes.max(load16(seg), load16(seg + 16)))
+            mx1 = Lanes.max(mx1, Lanes.max(load16(seg + 32), load16(seg + 48)))
         } else {
             anyMasked = true
             // The visible interval relative to the panel, clamped to 0...64.
             let lo = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, lower - key0))))
             let hi = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, upper - key0))))
             for v in 0..<4 {
-                let idx = laneIndex &+ Int32(16 * v)
+                let idx = Lanes.index &+ Int32(16 * v)
                 let hidden = (idx .< lo) .| (idx .>= hi)
                 let x = load16(seg + 16 * v).replacing(with: -.infinity, where: hidden)
                 store16(seg + 16 * v, x)
-                if v & 1 == 0 { mx0 = vmax(mx0, x) } else { mx1 = vmax(mx1, x) }
+                if v & 1 == 0 { mx0 = Lanes.max(mx0, x) } else { mx1 = Lanes.max(mx1, x) }
             }
         }
     }
-    let tileMax = vmax(mx0, mx1).max()
+    let tileMax = Lanes.maxLane(Lanes.max(mx0, mx1))
     let mOld = rowMax.pointee
     let mNew = Swift.max(mOld, tileMax)
     if mNew == -.infinity {
@@ -345,9 +346,9 @@ private func onlineSoftmaxRow(
         return
     }
     if mNew > mOld {
-        let alpha = mOld == -.infinity ? 0 : fastExp(mOld - mNew)
+        let alpha = mOld == -.infinity ? 0 : Lanes.exp(mOld - mNew)
         rowSum.pointee *= alpha
-        simdScale(output, alpha, valueStride)
+        Lanes.scale(output, alpha, valueStride)
         rowMax.pointee = mNew
     }
     let m = F16(repeating: mNew)
@@ -357,18 +358,18 @@ private func onlineSoftmaxRow(
         if anyMasked {
             for v in 0..<4 {
                 let x = load16(seg + 16 * v)
-                let e = fastExp(x - m).replacing(with: 0, where: x .== -.infinity)
+                let e = Lanes.exp(x - m).replacing(with: 0, where: x .== -.infinity)
                 store16(seg + 16 * v, e)
                 if v & 1 == 0 { sum0 += e } else { sum1 += e }
             }
         } else {
-            let e0 = fastExp(load16(seg) - m), e1 = fastExp(load16(seg + 16) - m)
-            let e2 = fastExp(load16(seg + 32) - m), e3 = fastExp(load16(seg + 48) - m)
+            let e0 = Lanes.exp(load16(seg) - m), e1 = Lanes.exp(load16(seg + 16) - m)
+            let e2 = Lanes.exp(load16(seg + 32) - m), e3 = Lanes.exp(load16(seg + 48) - m)
             store16(seg, e0); store16(seg + 16, e1); store16(seg + 32, e2); store16(seg + 48, e3)
             sum0 += e0 + e2; sum1 += e1 + e3
         }
     }
-    rowSum.pointee += (sum0 + sum1).sum()
+    rowSum.pointee += Lanes.sumLanes(sum0 + sum1)
 }
 
 /// Per-worker scratch of the forward.
