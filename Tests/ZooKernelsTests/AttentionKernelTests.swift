@@ -47,6 +47,26 @@ func expectCloseLogSumExp(_ actual: [Float], _ expected: [Double], tolerance: Do
     expectClose(keep.map { Double(actual[$0]) }, keep.map { expected[$0] }, tolerance: tolerance, what, sourceLocation: sourceLocation)
 }
 
+func flashBackward(_ x: AttentionInputs, _ options: AttentionOptions) -> (dq: [Float], dk: [Float], dv: [Float]) {
+    let (o, lse) = flashForward(x, options)
+    var dq = [Float](repeating: .nan, count: x.shape.queryCount)
+    var dk = [Float](repeating: .nan, count: x.shape.keyCount)
+    var dv = [Float](repeating: .nan, count: x.shape.valueCount)
+    flashAttentionBackward(q: x.q, k: x.k, v: x.v, output: o, logSumExp: lse, outputGradient: x.dO,
+                           shape: x.shape, options: options, queryGradient: &dq, keyGradient: &dk, valueGradient: &dv)
+    return (dq, dk, dv)
+}
+
+func naiveBackward(_ x: AttentionInputs, _ options: AttentionOptions) -> (dq: [Double], dk: [Double], dv: [Double]) {
+    var dq = [Double](repeating: .nan, count: x.shape.queryCount)
+    var dk = [Double](repeating: .nan, count: x.shape.keyCount)
+    var dv = [Double](repeating: .nan, count: x.shape.valueCount)
+    naiveAttentionBackward(q: x.q.map(Double.init), k: x.k.map(Double.init), v: x.v.map(Double.init),
+                           outputGradient: x.dO.map(Double.init), shape: x.shape, options: options,
+                           queryGradient: &dq, keyGradient: &dk, valueGradient: &dv)
+    return (dq, dk, dv)
+}
+
 let forwardCases: [(String, AttentionShape, AttentionOptions)] = [
     ("causal T=1", AttentionShape(batch: 1, queryLength: 1, keyLength: 1, queryHeads: 1, keyValueHeads: 1, headDim: 8), AttentionOptions()),
     ("causal T=100", AttentionShape(batch: 1, queryLength: 100, keyLength: 100, queryHeads: 2, keyValueHeads: 2, headDim: 64), AttentionOptions()),
@@ -67,5 +87,16 @@ let forwardCases: [(String, AttentionShape, AttentionOptions)] = [
         let ref = naiveForward(x, options)
         expectClose(fast.o, ref.o, tolerance: 1e-5, "\(name): output")
         expectCloseLogSumExp(fast.lse, ref.lse, "\(name): lse")
+    }
+
+    @Test(arguments: 0..<forwardCases.count)
+    func flashBackwardMatchesNaive(_ index: Int) {
+        let (name, shape, options) = forwardCases[index]
+        let x = AttentionInputs(shape, seed: UInt64(index) * 17 + 1)
+        let fast = flashBackward(x, options)
+        let ref = naiveBackward(x, options)
+        expectClose(fast.dq, ref.dq, tolerance: 1e-5, "\(name): dq")
+        expectClose(fast.dk, ref.dk, tolerance: 1e-5, "\(name): dk")
+        expectClose(fast.dv, ref.dv, tolerance: 1e-5, "\(name): dv")
     }
 }
