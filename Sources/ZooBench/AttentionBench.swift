@@ -74,8 +74,16 @@ func devProbe(lengths: [Int]) -> String {
         var o = Tensor.zeros([1, T, 4, 64]), lse = Tensor.zeros([1, 4, T])
         let po = o.mutablePointer(), pl = lse.mutablePointer()
         let t = cpuBest(5) { flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: shape, output: po, logSumExp: pl) }
+        let dO = Tensor.normal([1, T, 4, 64], generator: &g)
+        var dq = Tensor.zeros([1, T, 4, 64]), dk = dq, dv = dq
+        let pdq = dq.mutablePointer(), pdk = dk.mutablePointer(), pdv = dv.mutablePointer()
+        let tb = cpuBest(3) {
+            flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: shape, output: po, logSumExp: pl)
+            flashAttentionBackward(q: q.pointer, k: k.pointer, v: v.pointer, output: po, logSumExp: pl, outputGradient: dO.pointer,
+                                   shape: shape, queryGradient: pdq, keyGradient: pdk, valueGradient: pdv)
+        }
         let flops = 2.0 * 4 * Double(T) * Double(T) * 64
-        out.append("T=\(T) fwd \(fmt(flops / t / 1e9)) GFLOP/s = \(fmt(100 * flops / t / 1e9 / ceiling))%")
+        out.append("T=\(T) fwd \(fmt(flops / t / 1e9)) GFLOP/s = \(fmt(100 * flops / t / 1e9 / ceiling))%  fwd+bwd \(fmt(3.5 * flops / tb / 1e9)) GFLOP/s = \(fmt(100 * 3.5 * flops / tb / 1e9 / ceiling))%  (bwd alone \(fmt(2.5 * flops / (tb - t) / 1e9)))")
     }
     return out.joined(separator: "\n")
 }

@@ -100,3 +100,106 @@ let forwardCases: [(String, AttentionShape, AttentionOptions)] = [
         expectClose(fast.dv, ref.dv, tolerance: 1e-5, "\(name): dv")
     }
 }
+
+// MARK: - Decode against the KV cache
+
+/// Rows t0..<t1 of a [B, T, H, w] array as a packed [B, t1 − t0, H, w] array.
+func timeSlice(_ x: [Float], batch: Int, length: Int, heads: Int, width: Int, _ t0: Int, _ t1: Int) -> [Float] {
+    var out: [Float] = []
+    out.reserveCapacity(batch * (t1 - t0) * heads * width)
+    for b in 0..<batch {
+        let start = (b * length + t0) * heads * width
+        out += x[start ..< start + (t1 - t0) * heads * width]
+    }
+    return out
+}
+
+/// Decodes the sequence in the given chunk sizes (appending each chunk, then attending its queries)
+/// and returns the outputs reassembled as [B, T, Hq, dv].
+func decodeInChunks(_ x: AttentionInputs, _ options: AttentionOptions, chunks: [Int]) -> [Float] {
+    let s = x.shape
+    var cache = AttentionKVCache(batch: s.batch, keyValueHeads: s.keyValueHeads, headDim: s.headDim, valueDim: s.valueDim)
+    var out = [Float](repeating: .nan, count: s.outputCount)
+    var t0 = 0
+    for n in chunks {
+        let t1 = t0 + n
+        let k = timeSlice(x.k, batch: s.batch, length: s.keyLength, heads: s.keyValueHeads, width: s.headDim, t0, t1)
+        let v = timeSlice(x.v, batch: s.batch, length: s.keyLength, heads: s.keyValueHeads, width: s.valueDim, t0, t1)
+        let q = timeSlice(x.q, batch: s.batch, length: s.queryLength, heads: s.queryHeads, width: s.headDim, t0, t1)
+        cache.append(keys: k, values: v, count: n)
+        var o = [Float](repeating: .nan, count: s.batch * n * s.queryHeads * s.valueDim)
+        attentionDecode(q: q, queryLength: n, queryHeads: s.queryHeads, cache: cache, options: options, output: &o)
+        for b in 0..<s.batch {
+            for t in 0..<n {
+                for i in 0..<(s.queryHeads * s.valueDim) {
+                    out[((b * s.queryLength + t0 + t) * s.queryHeads) * s.valueDim + i] = o[((b * n + t) * s.queryHeads) * s.valueDim + i]
+                }
+            }
+        }
+        t0 = t1
+    }
+    return out
+}
+
+let decodeCases: [(String, AttentionShape, AttentionOptions)] = [
+    ("MHA", AttentionShape(batch: 1, queryLength: 150, keyLength: 150, queryHeads: 2, keyValueHeads: 2, headDim: 32), AttentionOptions()),
+    ("GQA B=2 dv≠d", AttentionShape(batch: 2, queryLength: 131, keyLength: 131, queryHeads: 4, keyValueHeads: 1, headDim: 16, valueDim: 24), AttentionOptions()),
+    ("window softcap", AttentionShape(batch: 1, queryLength: 200, keyLength: 200, queryHeads: 2, keyValueHeads: 1, headDim: 64), AttentionOptions(windowLeft: 50, softcap: 4)),
+]
+
+extension AttentionKernelTests {
+    @Test(arguments: 0..<decodeCases.count)
+    func decodeMatchesParallel(_ index: Int) {
+        let (name, shape, options) = decodeCases[index]
+        let x = AttentionInputs(shape, seed: 100 + UInt64(index))
+        let ref = naiveForward(x, options).o
+        let T = shape.queryLength
+        let parallel = flashForward(x, options).o
+        expectClose(parallel, ref, "\(name): parallel")
+        expectClose(decodeInChunks(x, options, chunks: Array(repeating: 1, count: T)), ref, "\(name): step by step")
+        expectClose(decodeInChunks(x, options, chunks: [70] + Array(repeating: 1, count: T - 70)), ref, "\(name): prefill 70 then steps")
+        expectClose(decodeInChunks(x, options, chunks: [65, T - 65]), ref, "\(name): two-chunk prefill")
+        expectClose(decodeInChunks(x, options, chunks: [T]), ref, "\(name): one-chunk prefill")
+    }
+
+    @Test func decodeOneTokenAgainstLongCacheSplitsKeys() {
+        // One query against 5000 keys: the forward splits the keys into parts and merges them.
+        let shape = AttentionShape(batch: 1, queryLength: 1, keyLength: 5000, queryHeads: 2, keyValueHeads: 1, headDim: 64)
+        let x = AttentionInputs(shape, seed: 9)
+        for options in [AttentionOptions(), AttentionOptions(windowLeft: 3000)] {
+            var cache = AttentionKVCache(batch: 1, keyValueHeads: 1, headDim: 64)
+            cache.append(keys: x.k, values: x.v, count: 5000)
+            var o = [Float](repeating: .nan, count: shape.outputCount), lse = [Float](repeating: .nan, count: 2)
+            attentionDecode(q: x.q, queryLength: 1, queryHeads: 2, cache: cache, options: options, output: &o, logSumExp: &lse)
+            let ref = naiveForward(x, options)
+            expectClose(o, ref.o, "output")
+            expectClose(lse, ref.lse, "lse")
+        }
+    }
+
+    @Test func cacheBytesMatchAnalyticSize() {
+        for length in [1, 17, 64, 1000] {
+            for (batch, heads, d, dv) in [(1, 1, 64, 64), (2, 3, 16, 24)] {
+                var cache = AttentionKVCache(batch: batch, keyValueHeads: heads, headDim: d, valueDim: dv)
+                let k = [Float](repeating: 1, count: batch * length * heads * d), v = [Float](repeating: 1, count: batch * length * heads * dv)
+                cache.append(keys: k, values: v, count: length)
+                #expect(cache.byteCount == AttentionKVCache.byteCount(length: length, batch: batch, keyValueHeads: heads, headDim: d, valueDim: dv))
+            }
+        }
+    }
+
+    @Test func cacheCopiesAreIndependent() {
+        let shape = AttentionShape(batch: 1, queryLength: 10, keyLength: 10, queryHeads: 1, keyValueHeads: 1, headDim: 16)
+        let x = AttentionInputs(shape, seed: 3)
+        var cache = AttentionKVCache(batch: 1, keyValueHeads: 1, headDim: 16)
+        cache.append(keys: Array(x.k[0..<80]), values: Array(x.v[0..<80]), count: 5)
+        var before = [Float](repeating: 0, count: 16), after = before
+        attentionDecode(q: Array(x.q[64..<80]), queryLength: 1, queryHeads: 1, cache: cache, output: &before)
+        // The copy shares the partly filled page; appending to it must copy that page first.
+        var copy = cache
+        copy.append(keys: Array(x.k[80..<160]), values: Array(x.v[80..<160]), count: 5)
+        #expect(cache.length == 5 && copy.length == 10)
+        attentionDecode(q: Array(x.q[64..<80]), queryLength: 1, queryHeads: 1, cache: cache, output: &after)
+        #expect(before == after)
+    }
+}
