@@ -10,6 +10,9 @@ import ZooTestSupport
 struct AttentionInputs {
     let shape: AttentionShape
     let q, k, v, dO: [Float]
+    init(shape: AttentionShape, q: [Float], k: [Float], v: [Float], dO: [Float]) {
+        self.shape = shape; self.q = q; self.k = k; self.v = v; self.dO = dO
+    }
     init(_ shape: AttentionShape, seed: UInt64, scale: Double = 1) {
         self.shape = shape
         func floats(_ n: Int, _ s: UInt64) -> [Float] { randomDoubles(n, seed: s, scale: scale).map(Float.init) }
@@ -201,5 +204,59 @@ extension AttentionKernelTests {
         #expect(cache.length == 5 && copy.length == 10)
         attentionDecode(q: Array(x.q[64..<80]), queryLength: 1, queryHeads: 1, cache: cache, output: &after)
         #expect(before == after)
+    }
+}
+
+// MARK: - Finite differences, causality
+
+/// L(q, k, v) = Σ o · dO with the naive kernel in Double.
+func naiveLoss(_ q: [Double], _ k: [Double], _ v: [Double], _ dO: [Double], _ shape: AttentionShape, _ options: AttentionOptions) -> Double {
+    var o = [Double](repeating: 0, count: shape.outputCount), lse = [Double](repeating: 0, count: shape.logSumExpCount)
+    naiveAttentionForward(q: q, k: k, v: v, shape: shape, options: options, output: &o, logSumExp: &lse)
+    return zip(o, dO).reduce(0) { $0 + $1.0 * $1.1 }
+}
+
+let finiteDifferenceCases: [(String, AttentionShape, AttentionOptions)] = [
+    ("causal GQA", AttentionShape(batch: 1, queryLength: 5, keyLength: 5, queryHeads: 2, keyValueHeads: 1, headDim: 4, valueDim: 3), AttentionOptions()),
+    ("Tq<Tk window softcap", AttentionShape(batch: 2, queryLength: 3, keyLength: 7, queryHeads: 1, keyValueHeads: 1, headDim: 5), AttentionOptions(windowLeft: 3, softcap: 2, scale: 0.7)),
+    ("noncausal local", AttentionShape(batch: 1, queryLength: 6, keyLength: 6, queryHeads: 2, keyValueHeads: 2, headDim: 3), AttentionOptions(causal: false, windowLeft: 2, windowRight: 1)),
+]
+
+extension AttentionKernelTests {
+    @Test(arguments: 0..<finiteDifferenceCases.count)
+    func backwardMatchesFiniteDifferences(_ index: Int) {
+        let (name, shape, options) = finiteDifferenceCases[index]
+        let x = AttentionInputs(shape, seed: 50 + UInt64(index))
+        let fast = flashBackward(x, options)
+        let (q, k, v, dO) = (x.q.map(Double.init), x.k.map(Double.init), x.v.map(Double.init), x.dO.map(Double.init))
+        let h = 1e-6
+        func numeric(_ which: Int) -> [Double] {
+            let base = [q, k, v][which]
+            return base.indices.map { i in
+                var plus = [q, k, v], minus = [q, k, v]
+                plus[which][i] += h; minus[which][i] -= h
+                return (naiveLoss(plus[0], plus[1], plus[2], dO, shape, options) - naiveLoss(minus[0], minus[1], minus[2], dO, shape, options)) / (2 * h)
+            }
+        }
+        expectClose(fast.dq, numeric(0), tolerance: 1e-5, "\(name): dq vs finite differences")
+        expectClose(fast.dk, numeric(1), tolerance: 1e-5, "\(name): dk vs finite differences")
+        expectClose(fast.dv, numeric(2), tolerance: 1e-5, "\(name): dv vs finite differences")
+        // And the naive backward (the spec) against the same differences, tightly.
+        let ref = naiveBackward(x, options)
+        expectClose(ref.dq, numeric(0), tolerance: 1e-7, "\(name): naive dq vs finite differences")
+        expectClose(ref.dk, numeric(1), tolerance: 1e-7, "\(name): naive dk vs finite differences")
+    }
+
+    @Test func outputsUpToTDoNotSeeLaterTokens() {
+        let shape = AttentionShape(batch: 1, queryLength: 300, keyLength: 300, queryHeads: 2, keyValueHeads: 1, headDim: 32)
+        let x = AttentionInputs(shape, seed: 77)
+        let cut = 137
+        let changed = AttentionInputs(shape: shape, q: x.q.enumerated().map { ($0.offset / (2 * 32)) > cut ? $0.element + 3 : $0.element },
+                                  k: x.k.enumerated().map { ($0.offset / 32) > cut ? -$0.element : $0.element },
+                                  v: x.v.enumerated().map { ($0.offset / 32) > cut ? $0.element * 5 : $0.element }, dO: x.dO)
+        let a = flashForward(x, AttentionOptions()).o, b = flashForward(changed, AttentionOptions()).o
+        let prefix = (cut + 1) * 2 * 32
+        #expect(Array(a[0..<prefix]) == Array(b[0..<prefix]))
+        #expect(Array(a[prefix...]) != Array(b[prefix...]))
     }
 }
