@@ -260,3 +260,34 @@ extension AttentionKernelTests {
         #expect(Array(a[prefix...]) != Array(b[prefix...]))
     }
 }
+
+// MARK: - Golden vectors (Fixtures/golden_attention.py, NumPy float64)
+
+extension AttentionKernelTests {
+    @Test(arguments: ["causal_gqa", "cross_window_softcap", "noncausal_local", "more_queries_than_keys"])
+    func goldenVectors(_ name: String) throws {
+        let url = try #require(Bundle.module.url(forResource: "golden_attention", withExtension: "json", subdirectory: "Fixtures"))
+        let golden = try GoldenFixture(contentsOf: url)
+        let (q, k, v) = (golden["\(name).q"], golden["\(name).k"], golden["\(name).v"])
+        let shape = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
+                                   keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
+        let left = golden.scalar("\(name).window_left"), right = golden.scalar("\(name).window_right")
+        let options = AttentionOptions(causal: golden.scalar("\(name).causal") == 1,
+                                       windowLeft: left < 0 ? nil : Int(left), windowRight: right < 0 ? nil : Int(right),
+                                       softcap: Float(golden.scalar("\(name).softcap")), scale: Float(golden.scalar("\(name).scale")))
+        let x = AttentionInputs(shape: shape, q: q.floats, k: k.floats, v: v.floats, dO: golden["\(name).dO"].floats)
+        // The fixture's inputs are float64; the kernels see them rounded to Float32, which moves
+        // the outputs by ~1e-7 relative: well inside the tolerance.
+        let fast = flashForward(x, options)
+        expectClose(fast.o, golden["\(name).o"].data, "\(name): output")
+        expectCloseLogSumExp(fast.lse, golden["\(name).lse"].data.map { $0 < -1e299 ? -.infinity : $0 }, "\(name): lse")
+        let grads = flashBackward(x, options)
+        expectClose(grads.dq, golden["\(name).dq"].data, "\(name): dq")
+        expectClose(grads.dk, golden["\(name).dk"].data, "\(name): dk")
+        expectClose(grads.dv, golden["\(name).dv"].data, "\(name): dv")
+        if shape.queryLength == shape.keyLength && options.causal {   // decoding cannot see future keys
+            expectClose(decodeInChunks(x, options, chunks: Array(repeating: 1, count: shape.queryLength)), golden["\(name).o"].data,
+                        "\(name): step-by-step decode")
+        }
+    }
+}
