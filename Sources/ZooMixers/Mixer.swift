@@ -100,6 +100,7 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 /// The mixers zoo knows, by YAML `type:`. Adding a mixer is one line here.
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
+        AttentionMixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }
