@@ -40,6 +40,8 @@ public struct AttentionMixerConfig: MixerConfig, Equatable {
 
     public enum Kernel: String, Codable, Sendable { case flash, naive }
 
+    public init() { self.init(heads: 4) }
+
     public init(heads: Int = 4, kvHeads: Int? = nil, headDim: Int? = nil, rotary: Bool = true, rotaryTheta: Double = 10_000,
                 window: Int? = nil, softcap: Float = 0, kernel: Kernel = .flash) {
         self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.rotary = rotary

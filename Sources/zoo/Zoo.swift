@@ -22,13 +22,14 @@ struct Zoo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "zoo",
         abstract: "Compare sequence mixers (attention, Mamba, Mamba-2, log-linear, NSA) on one CPU harness.",
-        subcommands: [Bench.self])
+        subcommands: [Train.self, Bench.self, ConfigCommand.self],
+        defaultSubcommand: nil)
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, measured side by side in one run (build with -c release).",
-        subcommands: [BenchCore.self, BenchAttention.self])
+        subcommands: [BenchCore.self, BenchTrain.self, BenchAttention.self])
 }
 
 struct BenchCore: ParsableCommand {
@@ -45,20 +46,18 @@ struct BenchCore: ParsableCommand {
     }
 }
 
-struct BenchAttention: ParsableCommand {
+struct BenchTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "attention",
-        abstract: "Flash attention forward and forward+backward vs the naive kernel and raw sgemm; decode vs memcpy.")
+        commandName: "train",
+        abstract: "One training step per mixer on the tiny LM of the peer benchmark, tokens/s vs PyTorch.")
     @OptionGroup var common: CommonOptions
-    @Option(help: "Sequence lengths (comma-separated).")
-    var lengths: String = "256,512,1024,2048,4096,8192,16384"
-    @Flag(help: "A shorter run, for smoke tests.")
-    var quick = false
+    @Option(help: "Mixers to time (default: every registered mixer).")
+    var mixer: [String] = []
+    @Option(help: "Timed steps per mixer (median reported).")
+    var steps = 3
 
     func run() throws {
         try common.apply()
-        let list = lengths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !list.isEmpty, list.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--lengths needs positive integers, got '\(lengths)'") }
-        print(runAttentionBenchmark(lengths: list, quick: quick))
+        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps))
     }
 }
