@@ -59,8 +59,9 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
         let ids = (0..<(batch * (length + 1))).map { _ in rng.nextInt(below: 256) }
         var inputs: [Int] = [], targets: [Int] = []
         for r in 0..<batch {
-            inputs += ids[(r * (length + 1))..<(r * (length + 1) + length)]
-            targets += ids[(r * (length + 1) + 1)..<(r * (length + 1) + length + 1)]
+            let start: Int = r * (length + 1)
+            inputs += ids[start..<(start + length)]
+            targets += ids[(start + 1)..<(start + length + 1)]
         }
         func trainingStep() {
             let loss = model.loss(inputs, targets: targets, batch: batch, length: length)
