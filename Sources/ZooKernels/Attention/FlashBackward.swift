@@ -286,7 +286,9 @@ private func gradientRow(
         (scores + last * width).update(repeating: 0, count: keys - last * width)
         (gradScores + last * width).update(repeating: 0, count: keys - last * width)
     }
-    let lse = F16(repeating: logSumExp), D = F16(repeating: delta), cap = F16(repeating: softcap)
+    // P = exp(s − lse) = 2^(s·log2 e − lse·log2 e): one FMA, then the cheaper exp2.
+    let log2e = F16(repeating: Lanes.log2e), minusLse2 = F16(repeating: -logSumExp * Lanes.log2e)
+    let D = F16(repeating: delta), cap = F16(repeating: softcap), capLog2e = F16(repeating: softcap * Lanes.log2e)
     for c in first..<last {
         let panelKey0 = key0 + c * width
         let full = panelKey0 >= lower && panelKey0 + width <= upper
@@ -298,14 +300,14 @@ private func gradientRow(
             var p: F16, dU: F16
             if softcap > 0 {
                 let t = Lanes.tanh(u)
-                p = Lanes.exp(cap * t - lse)
+                p = Lanes.exp2(minusLse2.addingProduct(t, capLog2e))
                 if !full {
                     let idx = Lanes.index &+ Int32(16 * v)
                     p = p.replacing(with: 0, where: (idx .< lo) .| (idx .>= hi))
                 }
                 dU = p * (load16(gRow + 16 * v) - D) * (cap - cap * t * t)
             } else {
-                p = Lanes.exp(u - lse)
+                p = Lanes.exp2(minusLse2.addingProduct(u, log2e))
                 if !full {
                     let idx = Lanes.index &+ Int32(16 * v)
                     p = p.replacing(with: 0, where: (idx .< lo) .| (idx .>= hi))

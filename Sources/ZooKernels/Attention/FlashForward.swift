@@ -60,7 +60,9 @@ func flashForward(
     let offset = s.keyLength - s.queryLength
     let scale = options.resolvedScale(headDim: d)
     let softcap = options.softcap
-    let queryScale = softcap > 0 ? scale / softcap : scale
+    // Scores are kept in log2 units (s·log2 e), so the softmax runs on exp2: log2 e is folded into
+    // the query scale, or into the softcap multiplier, which then applies after the tanh.
+    let queryScale = softcap > 0 ? scale / softcap : scale * Lanes.log2e
 
     // Panels a block of rows may need: from its first row's lower end to its last row's upper end
     // (both ends grow with the row, so this covers every row of the block).
@@ -148,14 +150,14 @@ func flashForward(
                 for part in 0..<splits {
                     let pm = first[part * stride + rowBlock * dvPad + i]
                     if pm == -.infinity { continue }
-                    let w = Lanes.exp(pm - m)
+                    let w = Lanes.exp2(pm - m)
                     sum += w * first[part * stride + rowBlock * dvPad + rowBlock + i]
                     let src = first + part * stride + i * dvPad
                     for c in 0..<dv { oRow[c] += w * src[c] }
                 }
                 let inv = 1 / sum
                 for c in 0..<dv { oRow[c] *= inv }
-                lseSlot.pointee = m + Foundation.log(sum)
+                lseSlot.pointee = m * Lanes.ln2 + Foundation.log(sum)
             }
         }
     }
@@ -180,7 +182,7 @@ public struct AttentionRowVisibility: Sendable {
 }
 
 /// The running state of an online softmax for a block of query rows: unnormalised output rows
-/// [rows][dvPad], running max m and running sum ℓ per row.
+/// [rows][dvPad], running max m (in log2 units: scores · log2 e) and running sum ℓ per row.
 public struct AttentionRowState {
     public var output: UnsafeMutablePointer<Float>
     public var rowMax: UnsafeMutablePointer<Float>
@@ -209,7 +211,7 @@ public struct AttentionRowState {
                 let inv = 1 / sum
                 let src = output + i * dvPad
                 for c in 0..<valueDim { o[c] = src[c] * inv }
-                lse.pointee = rowMax[i] + Foundation.log(sum)
+                lse.pointee = rowMax[i] * Lanes.ln2 + Foundation.log(sum)
             } else {
                 o.update(repeating: 0, count: valueDim)
                 lse.pointee = -.infinity
@@ -225,10 +227,11 @@ public let attentionScoreScratchCount = 6 * forwardTilePanels * 64
 /// (the flash forward's inner loop; public so kernels that choose their own keys, e.g. sparse
 /// attention over selected blocks, can reuse it).
 ///
-/// - queries: [rows][d], already multiplied by the query scale (scale, or scale/softcap);
+/// - queries: [rows][d], already multiplied by the query scale: scale·log2 e, or scale/softcap
+///   with a softcap (scores, the running max and `state` are in log2 units: s·log2 e);
 /// - panelList: ascending panel indices (keys 64p ..< 64p+64 each) of `panels`' group `group`;
 /// - scores: scratch of `attentionScoreScratchCount` floats;
-/// - softcap: > 0 applies s = softcap·tanh(s) to the scores (queries then carry scale/softcap).
+/// - softcap: > 0 applies s = softcap·log2 e·tanh(u) to the raw scores u.
 /// Keys outside a row's visible interval, and keys past `panels.keyLength`, get probability 0.
 public func attendRowBlock(
     queries: UnsafePointer<Float>, state: AttentionRowState, scores: UnsafeMutablePointer<Float>,
@@ -312,7 +315,7 @@ private func onlineSoftmaxRow(
     output: UnsafeMutablePointer<Float>, valueStride: Int
 ) {
     let width = attentionPanelWidth
-    let cap = F16(repeating: softcap)
+    let cap = F16(repeating: softcap * Lanes.log2e)
     var mx0 = F16(repeating: -.infinity), mx1 = mx0
     var anyMasked = false
     for slot in slots {
@@ -346,7 +349,7 @@ private func onlineSoftmaxRow(
         return
     }
     if mNew > mOld {
-        let alpha = mOld == -.infinity ? 0 : Lanes.exp(mOld - mNew)
+        let alpha = mOld == -.infinity ? 0 : Lanes.exp2(mOld - mNew)
         rowSum.pointee *= alpha
         Lanes.scale(output, alpha, valueStride)
         rowMax.pointee = mNew
@@ -358,13 +361,13 @@ private func onlineSoftmaxRow(
         if anyMasked {
             for v in 0..<4 {
                 let x = load16(seg + 16 * v)
-                let e = Lanes.exp(x - m).replacing(with: 0, where: x .== -.infinity)
+                let e = Lanes.exp2(x - m).replacing(with: 0, where: x .== -.infinity)
                 store16(seg + 16 * v, e)
                 if v & 1 == 0 { sum0 += e } else { sum1 += e }
             }
         } else {
-            let e0 = Lanes.exp(load16(seg) - m), e1 = Lanes.exp(load16(seg + 16) - m)
-            let e2 = Lanes.exp(load16(seg + 32) - m), e3 = Lanes.exp(load16(seg + 48) - m)
+            let e0 = Lanes.exp2(load16(seg) - m), e1 = Lanes.exp2(load16(seg + 16) - m)
+            let e2 = Lanes.exp2(load16(seg + 32) - m), e3 = Lanes.exp2(load16(seg + 48) - m)
             store16(seg, e0); store16(seg + 16, e1); store16(seg + 32, e2); store16(seg + 48, e3)
             sum0 += e0 + e2; sum1 += e1 + e3
         }
