@@ -65,9 +65,10 @@ public func flashAttentionBackward(
         return
     }
 
-    // Residue classes of key blocks per group: enough items to keep the workers busy, decided by
-    // the shape alone.
-    let classes = Swift.max(1, Swift.min(keyBlocks, (8 + groups - 1) / groups))
+    // Residue classes of key blocks per group, decided by the shape alone. At least 16 items: on
+    // a shared machine a worker slowed by a neighbour hands its share to the other
+    // at this granularity; the price is one dQ partial (the size of dq) per class.
+    let classes = Swift.max(1, Swift.min(keyBlocks, (16 + groups - 1) / groups))
 
     // Packed operands (all O(T·d)).
     let rowFloats = rowsPerGroup * dPad, rowValueFloats = rowsPerGroup * dvPad

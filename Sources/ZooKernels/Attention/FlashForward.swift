@@ -91,7 +91,9 @@ func flashForward(
     let op = SendablePointer(output), lp = SendablePointer(logSumExp)
     forEachItem(baseItems * splits, makeScratch: { ForwardScratch(rows: rowBlock, headDim: d, valueDim: dv, panels: panels.pageCount) }) { item, scratch in
         let part = item % splits, base = item / splits
-        let g = base / rowBlocks, rb = base % rowBlocks
+        // Later row blocks see more keys (causal): hand out the largest first, every group's at
+        // once, so the last items to finish are small ones.
+        let g = base % groups, rb = rowBlocks - 1 - base / groups
         let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
         let r0 = rb * rowBlock, rows = Swift.min(rowBlock, rowsPerGroup - r0)
         // Pack the block's query rows, scaled: S = Q·Kᵀ then needs no further multiply.
@@ -128,7 +130,7 @@ func flashForward(
     guard let partialBase else { return }
     ZooThreads.parallelFor(baseItems) { range in
         for base in range {
-            let g = base / rowBlocks, rb = base % rowBlocks
+            let g = base % groups, rb = rowBlocks - 1 - base / groups
             let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
             let r0 = rb * rowBlock, rows = Swift.min(rowBlock, rowsPerGroup - r0)
             let stride = rowBlock * (dvPad + 2)
