@@ -319,7 +319,6 @@ private func onlineSoftmaxRow(
     let width = attentionPanelWidth
     let cap = F16(repeating: softcap * Lanes.log2e)
     var mx0 = F16(repeating: -.infinity), mx1 = mx0
-    var anyMasked = false
     for slot in slots {
         let seg = s + slot * width
         let key0 = panelList[slot] * width
@@ -330,7 +329,6 @@ private func onlineSoftmaxRow(
             mx0 = Lanes.max(mx0, Lanes.max(load16(seg), load16(seg + 16)))
             mx1 = Lanes.max(mx1, Lanes.max(load16(seg + 32), load16(seg + 48)))
         } else {
-            anyMasked = true
             // The visible interval relative to the panel, clamped to 0...64.
             let lo = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, lower - key0))))
             let hi = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, upper - key0))))
@@ -360,7 +358,8 @@ private func onlineSoftmaxRow(
     var sum0 = F16(), sum1 = F16()
     for slot in slots {
         let seg = s + slot * width
-        if anyMasked {
+        let key0 = panelList[slot] * width
+        if !(key0 >= lower && key0 + width <= upper) {   // this panel was masked (−∞ lanes)
             for v in 0..<4 {
                 let x = load16(seg + 16 * v)
                 let e = Lanes.exp2(x - m).replacing(with: 0, where: x .== -.infinity)
