@@ -36,7 +36,7 @@ public func flashAttentionForward(
     output: UnsafeMutablePointer<Float>, logSumExp: UnsafeMutablePointer<Float>
 ) {
     shape.validate("flashAttentionForward"); options.validate("flashAttentionForward")
-    let packed = PackedPanels(k: k, v: v, shape: shape)
+    let packed = PackedAttentionPanels(k: k, v: v, shape: shape)
     packed.withPanels { panels in
         flashForward(q: q, panels: panels, shape: shape, options: options, output: output, logSumExp: logSumExp)
     }
@@ -58,11 +58,8 @@ func flashForward(
     let d = s.headDim, dv = s.valueDim, dvPad = paddedTo16(dv)
     let mask = AttentionMask(options: options, keyLength: s.keyLength)
     let offset = s.keyLength - s.queryLength
-    let scale = options.resolvedScale(headDim: d)
     let softcap = options.softcap
-    // Scores are kept in log2 units (s·log2 e), so the softmax runs on exp2: log2 e is folded into
-    // the query scale, or into the softcap multiplier, which then applies after the tanh.
-    let queryScale = softcap > 0 ? scale / softcap : scale * Lanes.log2e
+    let queryScale = attentionQueryScale(options: options, headDim: d)
 
     // Panels a block of rows may need: from its first row's lower end to its last row's upper end
     // (both ends grow with the row, so this covers every row of the block).
@@ -165,6 +162,15 @@ func flashForward(
     }
 }
 
+/// The factor `attendRowBlock` expects the queries to carry. Scores are kept in log2 units
+/// (s·log2 e), so the softmax runs on exp2: log2 e is folded into the query scale, or, with a
+/// softcap, into the softcap multiplier that applies after the tanh (queries then carry
+/// scale/softcap).
+public func attentionQueryScale(options: AttentionOptions, headDim: Int) -> Float {
+    let scale = options.resolvedScale(headDim: headDim)
+    return options.softcap > 0 ? scale / options.softcap : scale * Lanes.log2e
+}
+
 /// Which keys each row of a query block sees: row i sits at position (firstRow + i) / rowsPerPosition
 /// + positionOffset (rows of one position are the query heads of a KV group).
 public struct AttentionRowVisibility: Sendable {
@@ -229,8 +235,8 @@ public let attentionScoreScratchCount = 6 * forwardTilePanels * 64
 /// (the flash forward's inner loop; public so kernels that choose their own keys, e.g. sparse
 /// attention over selected blocks, can reuse it).
 ///
-/// - queries: [rows][d], already multiplied by the query scale: scale·log2 e, or scale/softcap
-///   with a softcap (scores, the running max and `state` are in log2 units: s·log2 e);
+/// - queries: [rows][d], already multiplied by `attentionQueryScale` (scores, the running max
+///   and `state` are in log2 units: s·log2 e);
 /// - panelList: ascending panel indices (keys 64p ..< 64p+64 each) of `panels`' group `group`;
 /// - scores: scratch of `attentionScoreScratchCount` floats;
 /// - softcap: > 0 applies s = softcap·log2 e·tanh(u) to the raw scores u.

@@ -85,16 +85,18 @@ func zeroPanelTail(keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePoint
 }
 
 /// Keys and values of a whole call packed into one buffer (keys [g][p][d][64], then values
-/// [g][64p + j][dvPad]), with the page tables that view it.
-final class PackedPanels {
+/// [g][64p + j][dvPad]), with the page tables that view it. Public so kernels that choose their
+/// own keys (sparse attention) can pack once and call `attendRowBlock`.
+public final class PackedAttentionPanels {
     let buffer: ScratchBuffer
     let keyPages: [UnsafeMutablePointer<Float>]
     let valuePages: [UnsafeMutablePointer<Float>]
-    let shape: AttentionShape
-    var panelCount: Int { keyPages.count }
+    public let shape: AttentionShape
+    public var panelCount: Int { keyPages.count }
 
-    /// Packs k [B, Tk, Hk, d] and v [B, Tk, Hk, dv], in parallel over (panel, group).
-    init(k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape) {
+    /// Packs k [B, Tk, Hk, d] and v [B, Tk, Hk, dv] (only the key-side sizes of `shape` are used),
+    /// in parallel over (panel, group). Group g = b·Hk + kvh.
+    public init(k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape) {
         shape = s
         let width = attentionPanelWidth
         let panelCount = (s.keyLength + width - 1) / width
@@ -123,7 +125,7 @@ final class PackedPanels {
     }
 
     /// Runs `body` with a view of the panels (valid only inside `body`).
-    func withPanels<R>(_ body: (AttentionPanels) -> R) -> R {
+    public func withPanels<R>(_ body: (AttentionPanels) -> R) -> R {
         let width = attentionPanelWidth
         return keyPages.withUnsafeBufferPointer { kp in
             valuePages.withUnsafeBufferPointer { vp in
