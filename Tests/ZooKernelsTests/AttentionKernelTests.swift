@@ -291,3 +291,64 @@ extension AttentionKernelTests {
         }
     }
 }
+
+// MARK: - The public block routine over a chosen set of key panels (as sparse attention uses it)
+
+extension AttentionKernelTests {
+    @Test func attendRowBlockOverSelectedPanels() {
+        // 2 query heads sharing 1 KV head, 5 query positions at the end of 400 keys; attend only
+        // to panels 0, 2, 3 and 5 (keys 0..<64, 128..<256, 320..<384), causally.
+        let shape = AttentionShape(batch: 1, queryLength: 5, keyLength: 400, queryHeads: 2, keyValueHeads: 1, headDim: 24, valueDim: 40)
+        let x = AttentionInputs(shape, seed: 21)
+        let options = AttentionOptions(softcap: 3)
+        let panelList = [0, 2, 3, 5]
+        let rows = shape.queryLength * shape.groupSize
+        let packed = PackedAttentionPanels(k: x.k, v: x.v, shape: shape)
+        let queryScale = attentionQueryScale(options: options, headDim: shape.headDim)
+        let queries = x.q.map { $0 * queryScale }          // rows (t, g) are already t-major in q [1, 5, 2, 24]
+        var output = [Float](repeating: 0, count: rows * 48), rowMax = [Float](repeating: 0, count: rows)
+        var rowSum = rowMax, scores = [Float](repeating: 0, count: attentionScoreScratchCount)
+        var o = [Float](repeating: .nan, count: rows * 40), lse = [Float](repeating: .nan, count: rows)
+        output.withUnsafeMutableBufferPointer { op in
+            rowMax.withUnsafeMutableBufferPointer { mp in
+                rowSum.withUnsafeMutableBufferPointer { sp in
+                    let state = AttentionRowState(output: op.baseAddress!, rowMax: mp.baseAddress!, rowSum: sp.baseAddress!, rows: rows, valueDim: 40)
+                    state.reset()
+                    packed.withPanels { panels in
+                        panelList.withUnsafeBufferPointer { list in
+                            attendRowBlock(queries: queries, state: state, scores: &scores,
+                                           visibility: AttentionRowVisibility(mask: AttentionMask(options: options, keyLength: 400), firstRow: 0,
+                                                                              rowsPerPosition: 2, positionOffset: 395),
+                                           panels: panels, group: 0, panelList: list, softcap: options.softcap)
+                        }
+                    }
+                    o.withUnsafeMutableBufferPointer { ob in
+                        lse.withUnsafeMutableBufferPointer { lb in
+                            state.finish { i in (ob.baseAddress! + i * 40, lb.baseAddress! + i) }
+                        }
+                    }
+                }
+            }
+        }
+        // Reference in Double over the selected keys only.
+        let selected = panelList.flatMap { p in (p * 64)..<min(400, p * 64 + 64) }
+        var refO = [Double](), refLse = [Double]()
+        let scale = 1 / Double(24).squareRoot()
+        for row in 0..<rows {
+            let t = row / 2
+            let keys = selected.filter { $0 <= 395 + t }
+            let scores = keys.map { j -> Double in
+                var dot = 0.0
+                for c in 0..<24 { dot += Double(x.q[row * 24 + c]) * Double(x.k[j * 24 + c]) }
+                return 3 * tanh(scale * dot / 3)
+            }
+            let m = scores.max()!
+            let weights = scores.map { exp($0 - m) }
+            let total = weights.reduce(0, +)
+            refLse.append(m + log(total))
+            for c in 0..<40 { refO.append(zip(keys, weights).reduce(0) { $0 + $1.1 * Double(x.v[$1.0 * 40 + c]) } / total) }
+        }
+        expectClose(o, refO, "output over selected panels")
+        expectClose(lse, refLse, "lse over selected panels")
+    }
+}
