@@ -204,6 +204,12 @@ func devProbe(lengths: [Int]) -> String {
     var out = ["1-thread CPU-time probe: sgemm 1024² \(fmt(ceiling)) GFLOP/s"]
     for T in lengths {
         var x = AttentionBenchBuffers(batch: 1, length: T, heads: 4, headDim: 64)
+        if ProcessInfo.processInfo.environment["ZOO_DEV"] == "pack" {
+            let tp = cpuBest(20) { _ = PackedAttentionPanels(k: x.k.pointer, v: x.v.pointer, shape: x.shape) }
+            let tf = cpuBest(10) { x.flashForward() }
+            out.append("T=\(T) pack \(fmt(tp * 1e3, 3)) ms, forward \(fmt(tf * 1e3, 2)) ms (\(fmt(100 * tp / tf))%)")
+            continue
+        }
         let forwardOnly = ProcessInfo.processInfo.environment["ZOO_DEV"] == "fwd"
         let t = cpuBest(forwardOnly ? 20 : 5) { x.flashForward() }
         let tb = forwardOnly ? 2 * t : cpuBest(3) { x.flashForwardBackward() }

@@ -120,19 +120,22 @@ public func flashAttentionBackward(
             let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
             let kt = Ktp.pointer + (g * panelCount + p) * d * width
             let vt = Vtp.pointer + (g * panelCount + p) * dvDim * width
+            let count = Swift.min(width, s.keyLength - p * width)
+            let keyRow = { (j: Int) in UnsafePointer(kp.pointer + ((b * s.keyLength + p * width + j) * s.keyValueHeads + kvh) * d) }
+            let valueRow = { (j: Int) in UnsafePointer(vp.pointer + ((b * s.keyLength + p * width + j) * s.keyValueHeads + kvh) * dvDim) }
+            transposeRows(count, d, row: keyRow, into: kt, ldd: width)
+            transposeRows(count, dvDim, row: valueRow, into: vt, ldd: width)
+            if count < width {
+                for c in 0..<d { (kt + c * width + count).update(repeating: 0, count: width - count) }
+                for c in 0..<dvDim { (vt + c * width + count).update(repeating: 0, count: width - count) }
+            }
             for j in 0..<width {
-                let key = p * width + j
-                let kRowOut = Kp.pointer + (g * paddedKeys + key) * dPad
-                if key < s.keyLength {
-                    let kRow = kp.pointer + ((b * s.keyLength + key) * s.keyValueHeads + kvh) * d
-                    let vRow = vp.pointer + ((b * s.keyLength + key) * s.keyValueHeads + kvh) * dvDim
-                    for c in 0..<d { kt[c * width + j] = kRow[c]; kRowOut[c] = kRow[c] }
-                    for c in d..<dPad { kRowOut[c] = 0 }
-                    for c in 0..<dvDim { vt[c * width + j] = vRow[c] }
+                let kRowOut = Kp.pointer + (g * paddedKeys + p * width + j) * dPad
+                if j < count {
+                    kRowOut.update(from: keyRow(j), count: d)
+                    if dPad > d { (kRowOut + d).update(repeating: 0, count: dPad - d) }
                 } else {
-                    for c in 0..<d { kt[c * width + j] = 0 }
                     kRowOut.update(repeating: 0, count: dPad)
-                    for c in 0..<dvDim { vt[c * width + j] = 0 }
                 }
             }
         }

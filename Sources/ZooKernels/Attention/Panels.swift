@@ -66,9 +66,9 @@ func writePanelRows(keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePoin
                     key: (Int) -> UnsafePointer<Float>, value: (Int) -> UnsafePointer<Float>) {
     let width = attentionPanelWidth
     let dvPad = paddedTo16(dv)
+    transposeRows(count, d, row: key, into: keys + first, ldd: width)
     for j in 0..<count {
-        let kRow = key(j), slot = first + j
-        for c in 0..<d { keys[c * width + slot] = kRow[c] }
+        let slot = first + j
         let vRow = value(j), vOut = values + slot * dvPad
         vOut.update(from: vRow, count: dv)
         if dvPad > dv { (vOut + dv).update(repeating: 0, count: dvPad - dv) }
