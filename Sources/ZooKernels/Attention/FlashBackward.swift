@@ -195,6 +195,7 @@ public func flashAttentionBackward(
                     }
                     scratch.groupFirst[r0 / 6] = first
                     scratch.groupLast[r0 / 6] = last
+                    scratch.groupEnd[r0 / 6] = groupHi
                     let qRows = Q + (rowStart + r0) * dPad, gRows = dOut + (rowStart + r0) * dvPad
                     if first < last {
                         for c in first..<last {
@@ -226,7 +227,9 @@ public func flashAttentionBackward(
                     let groupRows = Swift.min(6, blockRows - r0)
                     let first = scratch.groupFirst[r0 / 6], last = scratch.groupLast[r0 / 6]
                     if first < last {
-                        tileMultiply(m: groupRows, n: dPad, k: (last - first) * width,
+                        // Keys past the group's last visible one have dU = 0: leave them out.
+                        let keys = Swift.min((last - first) * width, scratch.groupEnd[r0 / 6] - (k0 + first * width))
+                        tileMultiply(m: groupRows, n: dPad, k: keys,
                                      a: dP + r0 * ldS + first * width, aRowStride: ldS, aStep: 1,
                                      b: Kp.pointer + (g * paddedKeys + k0 + first * width) * dPad, ldb: dPad,
                                      c: dQ + (rowStart + r0) * dPad, ldc: dPad, accumulate: true)
@@ -325,20 +328,21 @@ private func gradientRow(
 }
 
 /// Per-worker scratch of the backward: two score tiles, the key block's dK and dV, and each row
-/// group's range of computed panels.
+/// group's range of computed panels and its last visible key (+1).
 final class BackwardScratch: @unchecked Sendable {
     let buffer: ScratchBuffer
     let scores, gradScores, keyGrad, valueGrad: UnsafeMutablePointer<Float>
-    let groupFirst, groupLast: UnsafeMutablePointer<Int>
+    let groupFirst, groupLast, groupEnd: UnsafeMutablePointer<Int>
     init(rows: Int, keys: Int, headDim: Int, valueDim: Int) {
         let groups = (rows + 5) / 6
-        buffer = ScratchBuffer(count: 2 * rows * keys + keys * (headDim + valueDim) + 4 * groups, zeroed: false)
+        buffer = ScratchBuffer(count: 2 * rows * keys + keys * (headDim + valueDim) + 6 * groups, zeroed: false)
         scores = buffer.pointer
         gradScores = scores + rows * keys
         keyGrad = gradScores + rows * keys
         valueGrad = keyGrad + keys * headDim
-        let ints = UnsafeMutableRawPointer(valueGrad + keys * valueDim).bindMemory(to: Int.self, capacity: 2 * groups)
+        let ints = UnsafeMutableRawPointer(valueGrad + keys * valueDim).bindMemory(to: Int.self, capacity: 3 * groups)
         groupFirst = ints
         groupLast = ints + groups
+        groupEnd = ints + 2 * groups
     }
 }

@@ -303,7 +303,11 @@ public func attendRowBlock(
                 if panels.valuesContiguous {
                     while end < last && panelList[tileStart + end] == panelList[tileStart + end - 1] + 1 { end += 1 }
                 }
-                tileMultiply(m: groupRows, n: dvPad, k: (end - slot) * width, a: sRows + slot * width, aRowStride: ldS, aStep: 1,
+                // Keys past the group's last visible one have P = 0: leave them out of k (on a
+                // causal diagonal that is half a panel per group).
+                let runStart = panelList[tileStart + slot] * width
+                let keys = Swift.min((end - slot) * width, groupHi - runStart)
+                tileMultiply(m: groupRows, n: dvPad, k: keys, a: sRows + slot * width, aRowStride: ldS, aStep: 1,
                              b: panels.values(group: group, panel: panelList[tileStart + slot]), ldb: dvPad,
                              c: state.output + r0 * dvPad, ldc: dvPad, accumulate: true)
                 slot = end
