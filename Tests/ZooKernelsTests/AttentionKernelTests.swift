@@ -79,6 +79,9 @@ let forwardCases: [(String, AttentionShape, AttentionOptions)] = [
     ("causal Tq>Tk", AttentionShape(batch: 1, queryLength: 90, keyLength: 40, queryHeads: 2, keyValueHeads: 2, headDim: 16), AttentionOptions()),
     ("window softcap", AttentionShape(batch: 1, queryLength: 260, keyLength: 260, queryHeads: 2, keyValueHeads: 1, headDim: 64, valueDim: 48), AttentionOptions(windowLeft: 70, softcap: 5)),
     ("local left/right noncausal", AttentionShape(batch: 1, queryLength: 200, keyLength: 200, queryHeads: 1, keyValueHeads: 1, headDim: 16), AttentionOptions(causal: false, windowLeft: 10, windowRight: 3, scale: 0.4)),
+    ("d=128 dv=80 MQA B=3", AttentionShape(batch: 3, queryLength: 150, keyLength: 150, queryHeads: 3, keyValueHeads: 1, headDim: 128, valueDim: 80), AttentionOptions()),
+    ("no keys", AttentionShape(batch: 1, queryLength: 5, keyLength: 0, queryHeads: 2, keyValueHeads: 1, headDim: 8), AttentionOptions(causal: false)),
+    ("no queries", AttentionShape(batch: 2, queryLength: 0, keyLength: 9, queryHeads: 2, keyValueHeads: 2, headDim: 8), AttentionOptions()),
 ]
 
 @Suite struct AttentionKernelTests {
