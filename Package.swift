@@ -65,7 +65,9 @@ let package = Package(
         .executableTarget(name: "zoo", dependencies: [
             "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooBench", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], swiftSettings: optimised),
+        // -parse-as-library: `@main` in main.swift stays legal once the target has more than one file
+        // (one file per bench command).
+        ], swiftSettings: optimised + [.unsafeFlags(["-parse-as-library"])]),
 
         // MARK: Tests
         .testTarget(name: "ZooTensorTests", dependencies: ["ZooTensor", "ZooTestSupport"]),

@@ -40,3 +40,34 @@ func selectiveScanCase(_ s: SelectiveScanShape, seed: UInt64, z: Bool = true, D:
         }
     }
 }
+
+extension SelectiveScanKernelTests {
+    @Test(arguments: [
+        SelectiveScanShape(batch: 1, channels: 16, length: 64, stateSize: 16),
+        SelectiveScanShape(batch: 2, channels: 40, length: 77, stateSize: 5, groups: 2),
+        SelectiveScanShape(batch: 1, channels: 3, length: 1, stateSize: 3),
+        SelectiveScanShape(batch: 2, channels: 160, length: 130, stateSize: 20, groups: 2),
+    ])
+    func backwardMatchesNaive(_ s: SelectiveScanShape) {
+        for flags in [(true, true, true, true, true), (false, false, false, false, false), (true, false, true, true, false)] {
+            let x = selectiveScanCase(s, seed: 11, z: flags.0, D: flags.1, bias: flags.2, softplus: flags.3, initialState: flags.4)
+            var g = SeededGenerator(seed: 5)
+            let gradOut = Tensor.normal([s.batch, s.channels, s.length], generator: &g)
+            let gradFinal = Tensor.normal([s.batch, s.channels, s.stateSize], generator: &g)
+            let ref = SelectiveScanReferenceInputs(x)
+            let expected = selectiveScanNaiveBackward(ref, gradOut: gradOut.doubles, gradFinalState: gradFinal.doubles)
+            let fwd = selectiveScanForward(x, options: SelectiveScanOptions(checkpointInterval: 32))
+            let got = selectiveScanBackward(x, saved: fwd.saved!, gradOut: gradOut, gradFinalState: gradFinal)
+            let what = "\(s) \(flags)"
+            expectClose(got.u.doubles, expected.u, "∂u \(what)")
+            expectClose(got.delta.doubles, expected.delta, "∂delta \(what)")
+            expectClose(got.A.doubles, expected.A, "∂A \(what)")
+            expectClose(got.B.doubles, expected.B, "∂B \(what)")
+            expectClose(got.C.doubles, expected.C, "∂C \(what)")
+            expectClose(got.initialState.doubles, expected.initialState, "∂h0 \(what)")
+            if let e = expected.D { expectClose(got.D!.doubles, e, "∂D \(what)") }
+            if let e = expected.z { expectClose(got.z!.doubles, e, "∂z \(what)") }
+            if let e = expected.deltaBias { expectClose(got.deltaBias!.doubles, e, "∂bias \(what)") }
+        }
+    }
+}
