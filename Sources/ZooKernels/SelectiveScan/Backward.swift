@@ -156,16 +156,22 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
         loadTile(o.gradOut + rowOffset + t0, rowStride: l, width: width, count: count, into: w.gout, spare: w.spare)
         if let z = x.z { loadTile(z + rowOffset + t0, rowStride: l, width: width, count: count, into: w.z, spare: w.spare) }
         for t in 0..<count {
-            let pre = vadd(vload(w.dt + 16 * t), bias)
-            let delta = softplus ? softplusVector(pre) : pre
-            if softplus { vstore(w.sig + 16 * t, sigmoidVector(pre)) }
+            var delta = vadd(vload(w.dt + 16 * t), bias)
+            if softplus {
+                let r = softplusAndSigmoid(delta, wantSigmoid: true)
+                delta = r.softplus
+                vstore(w.sig + 16 * t, r.sigmoid)
+            }
             let u = vload(w.u + 16 * t)
             vstore(w.dt + 16 * t, delta)
             vstore(w.du + 16 * t, vmul(delta, u))
-            var gy = vload(w.gout + 16 * t)
+            let gout = vload(w.gout + 16 * t)
+            var gy = gout
             if x.z != nil {
-                let z = vload(w.z + 16 * t)
-                gy = vmul(gy, vmul(z, sigmoidVector(z)))
+                // gy = gout·silu(z); the z tile becomes gout·silu'(z), so ∂z = that · y later.
+                let z = vload(w.z + 16 * t), sz = sigmoidVector(z)
+                gy = vmul(gout, vmul(z, sz))
+                vstore(w.z + 16 * t, vmul(gout, vmul(sz, vfma(z, vsub(splat(1), sz), splat(1)))))
             }
             vstore(w.gy + 16 * t, gy)
             vstore(w.y + 16 * t, vmul(dSkip, u))
@@ -187,11 +193,7 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
         }
         for t in 0..<count {
             let u = vload(w.u + 16 * t), gy = vload(w.gy + 16 * t)
-            if x.z != nil {
-                let z = vload(w.z + 16 * t), sz = sigmoidVector(z)
-                let dSilu = vmul(sz, vfma(z, vsub(splat(1), sz), splat(1)))
-                vstore(w.z + 16 * t, vmul(vmul(vload(w.gout + 16 * t), vload(w.y + 16 * t)), dSilu))
-            }
+            if x.z != nil { vstore(w.z + 16 * t, vmul(vload(w.z + 16 * t), vload(w.y + 16 * t))) }
             var gpre = vload(w.gdt + 16 * t)
             if softplus { gpre = vmul(gpre, vload(w.sig + 16 * t)) }
             vstore(w.gdt + 16 * t, gpre)
@@ -248,6 +250,33 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
     return (vmul(gy, h), vmul(lambda, x))
 }
 
+/// Per-step sums over the states, two of each to halve the dependency chains.
+struct ReverseAccumulators {
+    var y0 = F16(), y1 = F16(), gdt0 = F16(), gdt1 = F16(), sumB0 = F16(), sumB1 = F16()
+}
+
+/// States n0…n0+3 of one step: updates their carry and ∂A in place and returns the ∂C and ∂B
+/// lane terms partly reduced (`reduceFour`).
+@inline(always) func reverseFour(_ n0: Int, decay dp: UnsafePointer<Float>, hPrev pp: UnsafePointer<Float>,
+                                 a ap: UnsafePointer<Float>, carry: UnsafeMutablePointer<Float>,
+                                 gA: UnsafeMutablePointer<Float>, dt d: F16, du x: F16, gy: F16,
+                                 bRow bt: UnsafePointer<Float>, cRow ct: UnsafePointer<Float>,
+                                 acc: inout ReverseAccumulators) -> (c: F16, b: F16) {
+    @inline(always) func one(_ n: Int, _ y: inout F16, _ gdt: inout F16, _ sumB: inout F16) -> (gc: F16, gb: F16) {
+        var c = vload(carry + 16 * n), ga = vload(gA + 16 * n)
+        let r = reverseState(decay: vload(dp + 16 * n), hPrev: vload(pp + 16 * n), dt: d, du: x, gy: gy,
+                             b: splat(bt[n]), c: splat(ct[n]), A: vload(ap + 16 * n), carry: &c, gA: &ga,
+                             y: &y, gdt: &gdt, sumB: &sumB)
+        vstore(carry + 16 * n, c); vstore(gA + 16 * n, ga)
+        return r
+    }
+    let r0 = one(n0, &acc.y0, &acc.gdt0, &acc.sumB0)
+    let r1 = one(n0 + 1, &acc.y1, &acc.gdt1, &acc.sumB1)
+    let r2 = one(n0 + 2, &acc.y0, &acc.gdt0, &acc.sumB0)
+    let r3 = one(n0 + 3, &acc.y1, &acc.gdt1, &acc.sumB1)
+    return (reduceFour(r0.gc, r1.gc, r2.gc, r3.gc), reduceFour(r0.gb, r1.gb, r2.gb, r3.gb))
+}
+
 /// Walks one chunk backwards for 16 states of a tile: updates the carry (λ·a) and ∂A of the
 /// 16 states, adds ∂C/∂B rows (lane-reduced) into the item's partials, and y, ∂Δ, ∂u into the
 /// tiles of `w`.
@@ -261,39 +290,13 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
         let d = vload(w.dt + 16 * t), x = vload(w.du + 16 * t), gy = vload(w.gy + 16 * t)
         let bt = bRows + t * rowStride, ct = cRows + t * rowStride
         let dp = decay + 256 * t, pp = hPrev + 256 * t
-        var y0 = F16(), y1 = F16(), gdt0 = F16(), gdt1 = F16(), sumB0 = F16(), sumB1 = F16()
-        var reducedC = (F16(), F16(), F16(), F16()), reducedB = (F16(), F16(), F16(), F16())
-        for q in 0..<4 {
-            var gc = (F16(), F16(), F16(), F16()), gb = (F16(), F16(), F16(), F16())
-            for k in 0..<4 {
-                let n = 4 * q + k
-                var c = vload(carry + 16 * n), ga = vload(gA + 16 * n)
-                let r: (gc: F16, gb: F16)
-                if k % 2 == 0 {
-                    r = reverseState(decay: vload(dp + 16 * n), hPrev: vload(pp + 16 * n), dt: d, du: x, gy: gy,
-                                     b: splat(bt[n]), c: splat(ct[n]), A: vload(ap + 16 * n), carry: &c, gA: &ga,
-                                     y: &y0, gdt: &gdt0, sumB: &sumB0)
-                } else {
-                    r = reverseState(decay: vload(dp + 16 * n), hPrev: vload(pp + 16 * n), dt: d, du: x, gy: gy,
-                                     b: splat(bt[n]), c: splat(ct[n]), A: vload(ap + 16 * n), carry: &c, gA: &ga,
-                                     y: &y1, gdt: &gdt1, sumB: &sumB1)
-                }
-                vstore(carry + 16 * n, c); vstore(gA + 16 * n, ga)
-                switch k {
-                case 0: gc.0 = r.gc; gb.0 = r.gb
-                case 1: gc.1 = r.gc; gb.1 = r.gb
-                case 2: gc.2 = r.gc; gb.2 = r.gb
-                default: gc.3 = r.gc; gb.3 = r.gb
-                }
-            }
-            let fc = reduceFour(gc.0, gc.1, gc.2, gc.3), fb = reduceFour(gb.0, gb.1, gb.2, gb.3)
-            switch q {
-            case 0: reducedC.0 = fc; reducedB.0 = fb
-            case 1: reducedC.1 = fc; reducedB.1 = fb
-            case 2: reducedC.2 = fc; reducedB.2 = fb
-            default: reducedC.3 = fc; reducedB.3 = fb
-            }
-        }
+        var acc = ReverseAccumulators()
+        let q0 = reverseFour(0, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
+        let q1 = reverseFour(4, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
+        let q2 = reverseFour(8, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
+        let q3 = reverseFour(12, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
+        let reducedC = (q0.c, q1.c, q2.c, q3.c), reducedB = (q0.b, q1.b, q2.b, q3.b)
+        let (y0, y1, gdt0, gdt1, sumB0, sumB1) = (acc.y0, acc.y1, acc.gdt0, acc.gdt1, acc.sumB0, acc.sumB1)
         let rowC = partialC + t * rowStride, rowB = partialB + t * rowStride
         vstore(rowC, vadd(vload(rowC), reduceSixteen(reducedC.0, reducedC.1, reducedC.2, reducedC.3)))
         vstore(rowB, vadd(vload(rowB), reduceSixteen(reducedB.0, reducedB.1, reducedB.2, reducedB.3)))

@@ -72,7 +72,11 @@ let log2e: Float = 1.4426950408889634
 /// softplus(x) = max(x, 0) + log1p(e^−|x|), with log1p(w) = 2 atanh(s), s = w / (2 + w) ∈ (0, ⅓]:
 /// the odd series to s¹⁵ has relative error ≤ 2.1e-7 for every w ∈ (0, 1] (tiny w included, where
 /// log(1 + w) alone loses every digit: Mamba's Δ ≈ 1e-3 needs x ≈ −7). No integer work, one divide.
-@inline(always) func softplusVector(_ x: F16) -> F16 {
+@inline(always) func softplusVector(_ x: F16) -> F16 { softplusAndSigmoid(x, wantSigmoid: false).softplus }
+
+/// softplus(x) and, when asked, its derivative sigmoid(x) = (x ≥ 0 ? 1 : w) / (1 + w) from the
+/// same w = e^−|x| (one exponential for both).
+@inline(always) func softplusAndSigmoid(_ x: F16, wantSigmoid: Bool) -> (softplus: F16, sigmoid: F16) {
     let w = expVector(vsub(F16(), absVector(x)))
     let s = vdiv(w, vadd(splat(2), w))
     let s2 = vmul(s, s)
@@ -83,7 +87,10 @@ let log2e: Float = 1.4426950408889634
     q = vfma(q, s2, splat(1.0 / 5.0))
     q = vfma(q, s2, splat(1.0 / 3.0))
     q = vfma(q, s2, splat(1))
-    return vfma(vadd(s, s), q, x.replacing(with: 0, where: x .< 0))
+    let softplus = vfma(vadd(s, s), q, x.replacing(with: 0, where: x .< 0))
+    guard wantSigmoid else { return (softplus, F16()) }
+    let numerator = splat(1).replacing(with: w, where: x .< 0)
+    return (softplus, vdiv(numerator, vadd(splat(1), w)))
 }
 
 /// Lanes 0–7: sums of adjacent lane pairs of a; lanes 8–15: the same for b.
