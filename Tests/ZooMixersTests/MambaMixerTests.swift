@@ -1,4 +1,5 @@
 import Testing
+import XCTest
 import Foundation
 import ZooTensor
 import ZooAutograd
@@ -89,54 +90,6 @@ func perturbed(_ m: MambaMixer, seed: UInt64) -> MambaMixer {
         }
     }
 
-    /// The contract's Float32 check (MixerContract.layerGradientError). Gradients that reach the
-    /// scan through Δ (dt_proj, A_log) are small against the loss's Float32 noise, so the error
-    /// grows as the step shrinks (1.5 % at 3e-2, 4 % at 1e-2, 29 % at 1e-3, measured): the step is
-    /// 3e-2 here, and `layerGradientsInDouble` below is the precise check.
-    @Test func layerGradients() {
-        let m = perturbed(mambaMixer(d: 16, config: { var c = MambaConfig(); c.checkpointInterval = 8; return c }()), seed: 6)
-        let x = randomTensor([2, 21, 16], seed: 7)
-        let errors = MixerContract.layerGradientError(m, x: x, probes: 6, step: 3e-2)
-        #expect(errors.count == m.namedParameters().count + 1)
-        for (name, error) in errors.sorted(by: { $0.key < $1.key }) { #expect(error < 3e-2, "\(name): \(error)") }
-    }
-
-    /// Autograd gradients of Σ w·layer(x) for the input and every parameter against central
-    /// differences of the whole layer re-implemented in Double (projections, convolution, SiLU and
-    /// the naive scan), at 8 random coordinates per tensor.
-    @Test func layerGradientsInDouble() {
-        var config = MambaConfig(); config.checkpointInterval = 8; config.bias = true
-        let m = perturbed(mambaMixer(d: 16, config: config), seed: 10)
-        let (b, t, d) = (2, 15, 16)
-        let x = randomTensor([b, t, d], seed: 11)
-        let w = randomTensor([b, t, d], seed: 12)
-        let input = Variable(x, requiresGrad: true)
-        m(input).backward(gradient: w)
-        var values = Dictionary(uniqueKeysWithValues: m.namedParameters().map { ($0.name, $0.variable.value.doubles) })
-        values["input"] = x.doubles
-        let weights = w.doubles
-        func loss(_ v: [String: [Double]]) -> Double {
-            let y = mambaLayerDouble(v, batch: b, length: t, dModel: d, innerWidth: m.innerWidth, dtRank: m.dtRank,
-                                     stateSize: 16, kernel: 4)
-            return zip(y, weights).reduce(0) { $0 + $1.0 * $1.1 }
-        }
-        var g = SeededGenerator(seed: 13)
-        let grads = Dictionary(uniqueKeysWithValues: m.namedParameters().map { ($0.name, $0.variable.grad!) })
-            .merging(["input": input.grad!]) { a, _ in a }
-        for (name, grad) in grads.sorted(by: { $0.key < $1.key }) {
-            var numeric: [Double] = [], analytic: [Double] = []
-            for _ in 0..<8 {
-                let i = g.nextInt(below: grad.count)
-                var plus = values, minus = values
-                let h = 1e-5 * max(1, abs(values[name]![i]))
-                plus[name]![i] += h; minus[name]![i] -= h
-                numeric.append((loss(plus) - loss(minus)) / (2 * h))
-                analytic.append(Double(grad.pointer[i]))
-            }
-            expectClose(analytic, numeric, tolerance: 1e-3, "∂\(name) vs Double finite differences")
-        }
-    }
-
     /// The layer's forward equals the same computation written with the naive Double scan.
     @Test func layerMatchesNaiveScan() {
         let m = perturbed(mambaMixer(d: 16), seed: 8)
@@ -179,6 +132,63 @@ func perturbed(_ m: MambaMixer, seed: UInt64) -> MambaMixer {
         #expect(throws: MixerConfigError.self) { try bad.validate(dModel: 16) }
         #expect(MixerRegistry.configType(named: "mamba") != nil)
     }
+}
+
+/// Gradient checks as XCTest: XCTest runs serially before Swift Testing starts, so no concurrent
+/// test can be inside `withNoGrad` (a process-wide switch of the tape) while these build a graph.
+final class MambaMixerGradientTests: XCTestCase {
+    /// The contract's Float32 check (MixerContract.layerGradientError). Gradients that reach the
+    /// scan through Δ (dt_proj, A_log) are small against the loss's Float32 noise, so the error
+    /// grows as the step shrinks (1.5 % at 3e-2, 4 % at 1e-2, 29 % at 1e-3, measured): the step is
+    /// 3e-2 here, and `layerGradientsInDouble` below is the precise check.
+    func testLayerGradients() {
+        let m = perturbed(mambaMixer(d: 16, config: { var c = MambaConfig(); c.checkpointInterval = 8; return c }()), seed: 6)
+        let x = randomTensor([2, 21, 16], seed: 7)
+        let errors = MixerContract.layerGradientError(m, x: x, probes: 6, step: 3e-2)
+        XCTAssertEqual(errors.count, m.namedParameters().count + 1)
+        for (name, error) in errors.sorted(by: { $0.key < $1.key }) { XCTAssertLessThan(error, 3e-2, name) }
+    }
+
+    /// Autograd gradients of Σ w·layer(x) for the input and every parameter against central
+    /// differences of the whole layer re-implemented in Double (projections, convolution, SiLU and
+    /// the naive scan), at 8 random coordinates per tensor.
+    func testLayerGradientsInDouble() {
+        var config = MambaConfig(); config.checkpointInterval = 8; config.bias = true
+        let m = perturbed(mambaMixer(d: 16, config: config), seed: 10)
+        let (b, t, d) = (2, 15, 16)
+        let x = randomTensor([b, t, d], seed: 11)
+        let w = randomTensor([b, t, d], seed: 12)
+        let input = Variable(x, requiresGrad: true)
+        m(input).backward(gradient: w)
+        var values = Dictionary(uniqueKeysWithValues: m.namedParameters().map { ($0.name, $0.variable.value.doubles) })
+        values["input"] = x.doubles
+        let weights = w.doubles
+        func loss(_ v: [String: [Double]]) -> Double {
+            let y = mambaLayerDouble(v, batch: b, length: t, dModel: d, innerWidth: m.innerWidth, dtRank: m.dtRank,
+                                     stateSize: 16, kernel: 4)
+            return zip(y, weights).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var g = SeededGenerator(seed: 13)
+        guard let inputGrad = input.grad, m.namedParameters().allSatisfy({ $0.variable.grad != nil }) else {
+            return XCTFail("a parameter or the input received no gradient")
+        }
+        let grads = Dictionary(uniqueKeysWithValues: m.namedParameters().map { ($0.name, $0.variable.grad!) })
+            .merging(["input": inputGrad]) { a, _ in a }
+        for (name, grad) in grads.sorted(by: { $0.key < $1.key }) {
+            var numeric: [Double] = [], analytic: [Double] = []
+            for _ in 0..<8 {
+                let i = g.nextInt(below: grad.count)
+                var plus = values, minus = values
+                let h = 1e-5 * max(1, abs(values[name]![i]))
+                plus[name]![i] += h; minus[name]![i] -= h
+                numeric.append((loss(plus) - loss(minus)) / (2 * h))
+                analytic.append(Double(grad.pointer[i]))
+            }
+            let error = relativeError(analytic, numeric)
+            XCTAssertLessThan(error, 1e-3, "∂\(name) vs Double finite differences (max abs \(maxAbsError(analytic, numeric)))")
+        }
+    }
+
 }
 
 /// The Mamba layer in Double from named parameter values ("input" holds x [B, T, d]); returns
