@@ -65,13 +65,14 @@ public struct MambaConfig: MixerConfig, Equatable {
         stateSize = try c.decodeIfPresent(Int.self, forKey: .stateSize) ?? stateSize
         convKernel = try c.decodeIfPresent(Int.self, forKey: .convKernel) ?? convKernel
         expand = try c.decodeIfPresent(Int.self, forKey: .expand) ?? expand
-        if let text = try? c.decodeIfPresent(String.self, forKey: .dtRank) {
+        // An integer, or the word auto. Integers first: YAML decoders also read `8` as a string.
+        if let rank = try? c.decodeIfPresent(Int.self, forKey: .dtRank) {
+            dtRank = rank
+        } else if let text = try c.decodeIfPresent(String.self, forKey: .dtRank) {
             guard text == "auto" else {
                 throw DecodingError.dataCorruptedError(forKey: .dtRank, in: c, debugDescription: "dt_rank must be a positive integer or auto, got '\(text)'")
             }
             dtRank = nil
-        } else {
-            dtRank = try c.decodeIfPresent(Int.self, forKey: .dtRank)
         }
         dtMin = try c.decodeIfPresent(Double.self, forKey: .dtMin) ?? dtMin
         dtMax = try c.decodeIfPresent(Double.self, forKey: .dtMax) ?? dtMax
