@@ -103,6 +103,7 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
         AttentionMixerConfig.self,
+        MambaConfig.self,
         Mamba2MixerConfig.self,
         LogLinearMamba2MixerConfig.self,
     ]

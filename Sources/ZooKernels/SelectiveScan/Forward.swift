@@ -59,14 +59,16 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
     return SelectiveScanForwardResult(out: out, finalState: final, saved: saved)
 }
 
-/// One worker's tiles: A·log2e and the state as [Npad][16], five [K][16] time tiles.
+/// One worker's tiles: A·log2e and the state as [Npad][16], five [K][16] time tiles, and a 16×16
+/// block of transpose work space.
 struct ForwardScratch {
     let buffer: ScratchBuffer
-    let a2, h, dt, du, u, z, y: UnsafeMutablePointer<Float>
+    let a2, h, dt, du, u, z, y, spare: UnsafeMutablePointer<Float>
     init(_ geo: ScanGeometry) {
         let np = geo.paddedState * 16, k = geo.interval * 16
-        buffer = ScratchBuffer(count: 2 * np + 5 * k)
+        buffer = ScratchBuffer(count: 2 * np + 5 * k + 256)
         a2 = buffer.pointer; h = a2 + np; dt = h + np; du = dt + k; u = du + k; z = u + k; y = z + k
+        spare = y + k
     }
 }
 
@@ -105,10 +107,10 @@ struct ForwardScratch {
 @inline(__always) func discretise(dt: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>,
                                   u: UnsafePointer<Float>, bias: F16, softplus: Bool, count: Int) {
     for t in 0..<count {
-        var d = load16(dt + 16 * t) + bias
+        var d = vadd(vload(dt + 16 * t), bias)
         if softplus { d = softplusVector(d) }
-        store16(dt + 16 * t, d)
-        store16(du + 16 * t, d * load16(u + 16 * t))
+        vstore(dt + 16 * t, d)
+        vstore(du + 16 * t, vmul(d, vload(u + 16 * t)))
     }
 }
 
@@ -133,24 +135,24 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
         if let checkpoints {
             (checkpoints + ((b * geo.blocks + block) * geo.chunks + c) * np * 16).update(from: scratch.h, count: np * 16)
         }
-        loadTile(x.u + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.u)
-        loadTile(x.delta + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.dt)
+        loadTile(x.u + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.u, spare: scratch.spare)
+        loadTile(x.delta + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.dt, spare: scratch.spare)
         discretise(dt: scratch.dt, du: scratch.du, u: scratch.u, bias: bias, softplus: softplus, count: count)
         for group in 0..<geo.stateGroups {
             scanStateGroup(h: scratch.h + 256 * group, a2: scratch.a2 + 256 * group, dt: scratch.dt, du: scratch.du,
                            bRows: bRows + t0 * np + 16 * group, cRows: cRows + t0 * np + 16 * group, rowStride: np,
                            y: scratch.y, count: count, accumulate: group > 0)
         }
-        if let z = x.z { loadTile(z + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.z) }
+        if let z = x.z { loadTile(z + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.z, spare: scratch.spare) }
         for t in 0..<count {
-            var y = load16(scratch.y + 16 * t).addingProduct(dSkip, load16(scratch.u + 16 * t))
+            var y = vfma(dSkip, vload(scratch.u + 16 * t), vload(scratch.y + 16 * t))
             if x.z != nil {
-                let zt = load16(scratch.z + 16 * t)
-                y *= zt * sigmoidVector(zt)
+                let zt = vload(scratch.z + 16 * t)
+                y = vmul(y, vmul(zt, sigmoidVector(zt)))
             }
-            store16(scratch.y + 16 * t, y)
+            vstore(scratch.y + 16 * t, y)
         }
-        storeTile(scratch.y, to: out + rowOffset + t0, rowStride: l, width: width, count: count)
+        storeTile(scratch.y, to: out + rowOffset + t0, rowStride: l, width: width, count: count, spare: scratch.spare)
     }
     storeStateTile(scratch.h, to: final, batch: b, first: first, width: width, shape: s)
 }
@@ -163,22 +165,22 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
                                       bRows: UnsafePointer<Float>, cRows: UnsafePointer<Float>, rowStride: Int,
                                       y: UnsafeMutablePointer<Float>, count: Int, accumulate: Bool) {
     for t in 0..<count {
-        let d = load16(dt + 16 * t), x = load16(du + 16 * t)
+        let d = vload(dt + 16 * t), x = vload(du + 16 * t)
         let bt = bRows + t * rowStride, ct = cRows + t * rowStride
         // Four accumulators: the y chain would otherwise be 16 dependent FMAs per step.
         var y0 = F16(), y1 = F16(), y2 = F16(), y3 = F16()
         for q in 0..<4 {
             let n = 4 * q
-            let h0 = (x * bt[n]).addingProduct(exp2Vector(d * load16(ap + 16 * n)), load16(hp + 16 * n))
-            let h1 = (x * bt[n + 1]).addingProduct(exp2Vector(d * load16(ap + 16 * n + 16)), load16(hp + 16 * n + 16))
-            let h2 = (x * bt[n + 2]).addingProduct(exp2Vector(d * load16(ap + 16 * n + 32)), load16(hp + 16 * n + 32))
-            let h3 = (x * bt[n + 3]).addingProduct(exp2Vector(d * load16(ap + 16 * n + 48)), load16(hp + 16 * n + 48))
-            store16(hp + 16 * n, h0); store16(hp + 16 * n + 16, h1)
-            store16(hp + 16 * n + 32, h2); store16(hp + 16 * n + 48, h3)
-            y0 = y0.addingProduct(h0, ct[n]); y1 = y1.addingProduct(h1, ct[n + 1])
-            y2 = y2.addingProduct(h2, ct[n + 2]); y3 = y3.addingProduct(h3, ct[n + 3])
+            let h0 = vfma(exp2Vector(vmul(d, vload(ap + 16 * n))), vload(hp + 16 * n), vmul(x, splat(bt[n])))
+            let h1 = vfma(exp2Vector(vmul(d, vload(ap + 16 * n + 16))), vload(hp + 16 * n + 16), vmul(x, splat(bt[n + 1])))
+            let h2 = vfma(exp2Vector(vmul(d, vload(ap + 16 * n + 32))), vload(hp + 16 * n + 32), vmul(x, splat(bt[n + 2])))
+            let h3 = vfma(exp2Vector(vmul(d, vload(ap + 16 * n + 48))), vload(hp + 16 * n + 48), vmul(x, splat(bt[n + 3])))
+            vstore(hp + 16 * n, h0); vstore(hp + 16 * n + 16, h1)
+            vstore(hp + 16 * n + 32, h2); vstore(hp + 16 * n + 48, h3)
+            y0 = vfma(h0, splat(ct[n]), y0); y1 = vfma(h1, splat(ct[n + 1]), y1)
+            y2 = vfma(h2, splat(ct[n + 2]), y2); y3 = vfma(h3, splat(ct[n + 3]), y3)
         }
-        let sum = (y0 + y1) + (y2 + y3)
-        store16(y + 16 * t, accumulate ? load16(y + 16 * t) + sum : sum)
+        let sum = vadd(vadd(y0, y1), vadd(y2, y3))
+        vstore(y + 16 * t, accumulate ? vadd(vload(y + 16 * t), sum) : sum)
     }
 }
