@@ -156,8 +156,21 @@ public func ssdIntraChunkForward(q: Int, p: Int,
                                  matrix: UnsafeMutablePointer<Float>) {
     maskedProduct(q: q, scores: scores, ldScores: ldScores, decay: decay, ldDecay: ldDecay,
                   weight: weight, ldWeight: ldWeight, out: matrix)
-    gemm(m: q, n: p, k: q, a: matrix, lda: q, b: x, ldb: ldx, beta: accumulate ? 1 : 0, c: y, ldc: ldy)
+    let beta: Float = accumulate ? 1 : 0
+    let h = triangleSplit(q)
+    if h == 0 {
+        gemm(m: q, n: p, k: q, a: matrix, lda: q, b: x, ldb: ldx, beta: beta, c: y, ldc: ldy)
+        return
+    }
+    // M is lower triangular: rows before h only need the first h columns (¼ of the work saved).
+    gemm(m: h, n: p, k: h, a: matrix, lda: q, b: x, ldb: ldx, beta: beta, c: y, ldc: ldy)
+    gemm(m: q - h, n: p, k: q, a: matrix + h * q, lda: q, b: x, ldb: ldx, beta: beta, c: y + h * ldy, ldc: ldy)
 }
+
+/// Where a q×q lower-triangular product splits into two row blocks (a multiple of 16, so row
+/// passes over whole vectors never reach the skipped upper-right block); 0: no split.
+@inline(__always)
+func triangleSplit(_ q: Int) -> Int { q >= 32 ? (q / 2) / 16 * 16 : 0 }
 
 /// Backward of `ssdIntraChunkForward`. With dM = dY Xᵀ and R = dM ∘ M:
 ///
@@ -182,12 +195,20 @@ public func ssdIntraChunkBackward(q: Int, p: Int,
                                   matrix: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
     maskedProduct(q: q, scores: scores, ldScores: ldScores, decay: decay, ldDecay: ldDecay,
                   weight: weight, ldWeight: ldWeight, out: matrix)
-    // dX = Mᵀ dY
-    gemm(transA: true, m: q, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy,
-         beta: accumulateX ? 1 : 0, c: dX, ldc: lddx)
-    // dM = dY Xᵀ, written where dScores goes and transformed in place below.
+    // dX = Mᵀ dY; dM = dY Xᵀ (only its lower triangle is used), written where dScores goes and
+    // transformed in place below. With the split at h, the blocks above the diagonal are skipped.
+    let h = triangleSplit(q), beta: Float = accumulateX ? 1 : 0
     ssdTranspose(x, ld: ldx, rows: q, cols: p, into: scratch, ldOut: q)
-    gemm(m: q, n: q, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+    if h == 0 {
+        gemm(transA: true, m: q, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy, beta: beta, c: dX, ldc: lddx)
+        gemm(m: q, n: q, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+    } else {
+        gemm(transA: true, m: h, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy, beta: beta, c: dX, ldc: lddx)
+        gemm(transA: true, m: q - h, n: p, k: q - h, a: matrix + h * q + h, lda: q, b: dY + h * lddy, ldb: lddy,
+             beta: beta, c: dX + h * lddx, ldc: lddx)
+        gemm(m: h, n: h, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+        gemm(m: q - h, n: q, k: p, a: dY + h * lddy, lda: lddy, b: scratch, ldb: q, c: dScores + h * q, ldc: q)
+    }
     let hasWeight = weight != nil
     let wantWeightGradient = hasWeight && dWeight != nil
     // Pass 1, per row: R = dM ∘ M (into `matrix`), dWeight, and dScores = dM ∘ L ∘ W in place, all
