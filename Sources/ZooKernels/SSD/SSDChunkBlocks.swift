@@ -20,10 +20,9 @@
 // Layouts: matrices are row-major with explicit leading dimensions (ld ≥ row length), so rows of
 // the [B,T,H,P] / [B,T,G,N] tensors can be passed in place (ld = H·P or G·N). Every block takes
 // the P×N state, and its gradient, TRANSPOSED (Sᵀ, n×p): with that, every product is a row-major
-// A·B or Aᵀ·B, never A·Bᵀ, which OpenBLAS
-// 0.3.21 runs at 64³ through its packing path at about half the speed (measured: 7.4 µs against
-// 4.1 µs for A·B or Aᵀ·B). The few operands that would need A·Bᵀ are transposed into scratch
-// first (`ssdTranspose`, 0.35 µs at 64×64).
+// A·B or Aᵀ·B, never A·Bᵀ, which OpenBLAS 0.3.21 runs at 64³ through its packing path at about
+// half the speed (measured: 7.4 µs against 4.1 µs). The few operands that would need A·Bᵀ are
+// transposed into scratch first (`ssdTranspose`, 0.35 µs at 64×64).
 // Products go to BLAS (`gemm`, single-threaded, called inside the caller's parallel loop).
 import CBLAS
 import ZooTensor
