@@ -166,7 +166,6 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
     // reverse scan) the gradient of the state leaving chunk c. Transposed, like the states.
     let stateGrads = ScratchBuffer(count: s.batch * H * nc * N * P, zeroed: false)
     let totalDecay = ScratchBuffer(count: s.batch * H * nc, zeroed: false)
-    let decayGrad = ScratchBuffer(count: s.batch * H * nc, zeroed: false)    // e^{A_c}⟨H_c, dH_{c+1}⟩
     // Per (batch, chunk, head) sums for dA, dD, dtBias, reduced in a fixed order at the end.
     var partial = [Double](repeating: 0, count: s.batch * nc * H * 3)
     let dxp = dx.mutablePointer(), ddtp = ddt.mutablePointer(), dBp = dB.mutablePointer(), dCp = dC.mutablePointer()
@@ -206,9 +205,7 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
                 }
                 for c in stride(from: nc - 1, through: 0, by: -1) {
                     let beta = totalDecay.pointer[bh * nc + c]
-                    let slot = stateGrads.pointer + gradSlot(b, h, c)
-                    decayGrad.pointer[bh * nc + c] = beta * simdDot(sp + lay.stateSlot(b, h, c), running, N * P)
-                    swapScaleAdd(slot, running, beta, N * P)
+                    swapScaleAdd(stateGrads.pointer + gradSlot(b, h, c), running, beta, N * P)
                 }
                 ssdTranspose(running, ld: P, rows: N, cols: P, into: dh0p + bh * P * N, ldOut: N)
             }
@@ -256,8 +253,10 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
                                           dX: dxd, lddx: P, accumulateX: true,
                                           dB: dBp + bc, lddb: lay.bcRow, accumulateB: true,
                                           dLogDecay: da, scratch: work.blockScratch)
-                    // The e^{A_c} H_c term of the scan: A_c is the sum of every a in the chunk.
-                    let dTotal = decayGrad.pointer[(b * H + h) * nc + c]
+                    // The e^{A_c} H_c term of the scan: A_c is the sum of every a in the chunk, and
+                    // its gradient e^{A_c}⟨H_c, dH_leaving⟩ (both already in cache here).
+                    let dTotal = totalDecay.pointer[(b * H + h) * nc + c]
+                        * rowDot(sp + lay.stateSlot(b, h, c), stateGrads.pointer + gradSlot(b, h, c), N * P)
                     for i in 0..<q { da[i] += dTotal }
                 }
                 // The scores are shared by a group's heads: dC += dS·B, dB += dSᵀ·C once per group.
