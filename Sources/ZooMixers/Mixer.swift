@@ -103,6 +103,7 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
         Mamba2MixerConfig.self,
+        LogLinearMamba2MixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }
