@@ -1,0 +1,715 @@
+// NSA fast kernels: forward and backward that touch only the compressed keys, the selected blocks
+// and the window, so the work per query is O(Tk/d + n·l′ + w), not O(Tk).
+//
+// Shapes as in Naive.swift: q [B, Tq, Hq, dk]; kCmp, vCmp [B, Nc, Hkv, dk|dv]; kSel, vSel, kWin,
+// vWin [B, Tk, Hkv, dk|dv]; gates [B, Tq, Hq, 3] (logits); output [B, Tq, Hq, dv]. Saved for the
+// backward: the three branch outputs [3, B, Tq, Hq, dv], their log-sum-exps [3, B, Hq, Tq] and the
+// selection [B, Hkv, Tq, n].
+//
+// Forward, per (batch, kv head, chunk of queries); a GQA group's G query heads travel together as
+// G consecutive rows, so one sgemm serves the whole group:
+//   1. compressed: S = Q Kcmpᵀ over the visible compressed keys (exact softmax per row, rows are
+//      short: ≤ Tk/d); O = P Vcmp. The group's probabilities are summed and mapped to
+//      selection-block scores (Eq. 9), then top-n picks the blocks (unless a selection is given).
+//   2. selected: the chunk's (query, block) pairs are inverted into per-block row lists; for each
+//      block in ascending order, the rows that chose it are gathered, S = Q K_blockᵀ and P V by
+//      sgemm, with an online softmax across blocks (the causal cut only bites in the query's own
+//      block).
+//   3. window: query tiles against the band of keys they need, online softmax.
+//   4. o = Σ_c σ(g_c) o_c.
+// Backward (selection fixed), with D_c = σ(g_c)·⟨dO, o_c⟩, dO_c = σ(g_c)·dO, dg_c = σ′(g_c)⟨dO, o_c⟩:
+//   a query pass (per chunk, as the forward) accumulates dQ over the three branches; key passes
+//   (per compressed-key tile, per selection block, per window key tile) accumulate dK and dV,
+//   so every gradient element has one owner and no result depends on the thread count.
+
+import Foundation
+import ZooTensor
+
+/// Everything the backward needs from the forward.
+public struct NSAForwardResult: @unchecked Sendable {
+    /// o = Σ_c σ(g_c) o_c, [B, Tq, Hq, dv].
+    public var output: Tensor
+    /// The blocks the selected branch used, [B, Hkv, Tq, n].
+    public var selection: NSASelection
+    /// o_cmp, o_sel, o_win stacked: [3, B, Tq, Hq, dv].
+    public var branchOutputs: Tensor
+    /// Log-sum-exp of each branch's softmax, [3, B, Hq, Tq]; −inf where a branch sees no key.
+    public var logSumExp: Tensor
+}
+
+/// Gradients of sum(output · dOutput) with respect to each input, same shapes as the inputs.
+public struct NSAGradients: @unchecked Sendable {
+    public var q: Tensor, kCmp: Tensor, vCmp: Tensor, kSel: Tensor, vSel: Tensor, kWin: Tensor, vWin: Tensor, gates: Tensor
+}
+
+// MARK: - Shapes, pointers and scratch
+
+/// Sizes of one call and the tiling derived from them (a function of the shapes only, never of
+/// the thread count, so results are the same on any machine).
+struct NSAPlan {
+    let B: Int, Tq: Int, Tk: Int, Hq: Int, Hk: Int, G: Int, dk: Int, dv: Int, Nc: Int, nb: Int, off: Int
+    let o: NSAOptions
+    let scale: Float
+    /// Queries per work item of the query passes.
+    let chunk: Int
+    /// Floats of one score buffer; every tile below is sized to fit it.
+    let scoreCapacity: Int
+    /// Queries per window tile, and keys per window pass.
+    let windowTile: Int, windowKeys: Int
+    /// Key-pass tiles: compressed keys per tile, raw keys per window tile, queries per batch.
+    let cmpKeyTile = 64, winKeyTile = 64, keyPassQueries = 64
+
+    init(_ x: NSAInputs, _ o: NSAOptions) {
+        B = x.batch; Tq = x.queries; Tk = x.keys; Hq = x.queryHeads; Hk = x.kvHeads; G = Hq / Hk
+        dk = x.keyDim; dv = x.valueDim; Nc = o.compressedCount(keys: Tk); nb = o.selectionBlockCount(keys: Tk)
+        off = Tk - Tq; self.o = o; scale = o.softmaxScale(headDim: dk)
+        // Larger chunks give the selected branch taller gathered tiles (more rows per block);
+        // smaller ones more work items. 256 queries keeps a chunk's accumulators near 256 KB.
+        chunk = max(1, min(Tq, 256))
+        let rows = chunk * G
+        windowTile = max(1, min(chunk, 64))
+        scoreCapacity = max(1 << 18, rows * o.selectBlock, G * max(Nc, 1), keyPassQueries * G * max(cmpKeyTile, winKeyTile, o.selectBlock),
+                            windowTile * G * 16)
+        windowKeys = max(16, scoreCapacity / (windowTile * G))
+    }
+
+    @inline(__always) func position(_ t: Int) -> Int { t + off }
+    var chunks: Int { (Tq + chunk - 1) / chunk }
+    /// Compressed-branch query tile: as many queries as fit the score buffer at this width.
+    func cmpTile(visible: Int) -> Int { max(1, scoreCapacity / (G * max(visible, 1))) }
+}
+
+/// Raw pointers of one call, passed into the parallel workers.
+struct NSAPointers: @unchecked Sendable {
+    let q, kc, vc, ks, vs, kw, vw, gates: UnsafePointer<Float>
+    init(_ x: NSAInputs) {
+        q = x.q.pointer; kc = x.kCmp.pointer; vc = x.vCmp.pointer; ks = x.kSel.pointer; vs = x.vSel.pointer
+        kw = x.kWin.pointer; vw = x.vWin.pointer; gates = x.gates.pointer
+    }
+}
+
+/// Work memory of one worker (counted by MemoryMeter through ScratchBuffer).
+final class NSAScratch {
+    private let buffers: [ScratchBuffer]
+    let qp, qg, acc, pv, dOp, dq, m, l, alpha, mg, lg, lseg, deltag, s, dp, pSum, scoreRow: UnsafeMutablePointer<Float>
+    let lo, hi, rowIndex, counts, starts, entries: UnsafeMutablePointer<Int32>
+
+    init(_ plan: NSAPlan, backward: Bool) {
+        let rows = max(plan.chunk, plan.keyPassQueries) * plan.G
+        let mapSpan = (plan.o.compressBlock + plan.o.selectBlock - 2) / plan.o.selectBlock + 1
+        var owned: [ScratchBuffer] = []
+        func floats(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let b = ScratchBuffer(count: n + 16, zeroed: false)
+            owned.append(b)
+            return b.pointer
+        }
+        func ints(_ n: Int) -> UnsafeMutablePointer<Int32> {
+            let b = ScratchBuffer(count: n + 16, zeroed: false)
+            owned.append(b)
+            return UnsafeMutableRawPointer(b.pointer).bindMemory(to: Int32.self, capacity: n + 16)
+        }
+        qp = floats(rows * plan.dk); qg = floats(rows * plan.dk)
+        acc = floats(rows * plan.dv); pv = floats(rows * max(plan.dv, plan.dk))
+        m = floats(rows); l = floats(rows); alpha = floats(rows); mg = floats(rows); lg = floats(rows)
+        lseg = floats(rows); deltag = floats(rows)
+        s = floats(plan.scoreCapacity)
+        dp = backward ? floats(plan.scoreCapacity) : s
+        dOp = backward ? floats(rows * plan.dv) : acc
+        dq = backward ? floats(rows * plan.dk) : qg
+        pSum = floats(plan.Nc)
+        scoreRow = floats(plan.nb + mapSpan)
+        lo = ints(rows); hi = ints(rows); rowIndex = ints(rows)
+        counts = ints(plan.nb + 1); starts = ints(plan.nb + 1); entries = ints(plan.chunk * plan.o.selectCount)
+        buffers = owned
+    }
+}
+
+/// Runs `worker` on each of the pool's threads; each call pulls item indices from a shared counter
+/// until none are left (dynamic scheduling: the items have very uneven costs). Every item is
+/// computed whole by one worker, so the results do not depend on the thread count.
+func nsaParallelWorkers(items n: Int, _ worker: (_ next: () -> Int?) -> Void) {
+    if n <= 0 { return }
+    final class Counter: @unchecked Sendable {
+        let lock = NSLock()
+        var next = 0
+        func take(_ n: Int) -> Int? { lock.lock(); defer { lock.unlock() }; if next >= n { return nil }; next += 1; return next - 1 }
+    }
+    let counter = Counter()
+    let workers = ZooThreads.insideParallelRegion ? 1 : min(ZooThreads.count, n)
+    ZooThreads.parallelFor(workers) { range in
+        for _ in range { worker { counter.take(n) } }
+    }
+}
+
+/// Copies the G rows of query t (kv head hk) scaled by `scale` into dst [G, dk].
+@inline(__always)
+func nsaPackQueryRows(_ plan: NSAPlan, _ q: UnsafePointer<Float>, b: Int, hk: Int, t: Int,
+                      scale: Float, into dst: UnsafeMutablePointer<Float>) {
+    let src = q + ((b * plan.Tq + t) * plan.Hq + hk * plan.G) * plan.dk
+    let n = plan.G * plan.dk
+    let sc = F16(repeating: scale)
+    var i = 0
+    while i + 16 <= n { store16(dst + i, load16(src + i) * sc); i += 16 }
+    while i < n { dst[i] = src[i] * scale; i += 1 }
+}
+
+/// Writes the CSR inversion of a range of queries' selections: for each block j, the queries
+/// (relative to t0, ascending) that chose it. Returns the largest block index seen (−1 if none).
+@inline(__always)
+func nsaInvertSelection(_ plan: NSAPlan, selection: UnsafePointer<Int32>, t0: Int, t1: Int,
+                        counts: UnsafeMutablePointer<Int32>, starts: UnsafeMutablePointer<Int32>,
+                        entries: UnsafeMutablePointer<Int32>) -> Int {
+    let n = plan.o.selectCount
+    var jMax = -1
+    for t in t0..<t1 {
+        for k in 0..<n {
+            let j = Int(selection[t * n + k])
+            if j < 0 { break }
+            if j > jMax { jMax = j }
+        }
+    }
+    if jMax < 0 { return -1 }
+    counts.update(repeating: 0, count: jMax + 1)
+    for t in t0..<t1 {
+        for k in 0..<n { let j = Int(selection[t * n + k]); if j < 0 { break }; counts[j] += 1 }
+    }
+    var run: Int32 = 0
+    for j in 0...jMax { starts[j] = run; run += counts[j] }
+    for j in 0...jMax { counts[j] = starts[j] }       // reuse as fill cursors
+    for t in t0..<t1 {
+        for k in 0..<n {
+            let j = Int(selection[t * n + k]); if j < 0 { break }
+            entries[Int(counts[j])] = Int32(t - t0); counts[j] += 1
+        }
+    }
+    for j in 0...jMax { counts[j] -= starts[j] }       // back to counts
+    return jMax
+}
+
+// MARK: - Forward
+
+/// NSA forward (fast). With `selection` nil the blocks are chosen here by top-n on the compressed
+/// branch's probabilities; a given selection is used as is (the gradient checks fix it).
+public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), selection given: NSASelection? = nil) -> NSAForwardResult {
+    x.validate("nsaForward", o)
+    let plan = NSAPlan(x, o)
+    if let g = given, g.batch != plan.B || g.kvHeads != plan.Hk || g.queries != plan.Tq || g.slots != o.selectCount {
+        fatalError("nsaForward: selection shape [\(g.batch), \(g.kvHeads), \(g.queries), \(g.slots)] does not match [B \(plan.B), Hkv \(plan.Hk), Tq \(plan.Tq), n \(o.selectCount)]")
+    }
+    var output = Tensor(uninitializedShape: [plan.B, plan.Tq, plan.Hq, plan.dv])
+    var branches = Tensor(uninitializedShape: [3, plan.B, plan.Tq, plan.Hq, plan.dv])
+    var lse = Tensor(uninitializedShape: [3, plan.B, plan.Hq, plan.Tq])
+    var selection = given ?? NSASelection(batch: plan.B, kvHeads: plan.Hk, queries: plan.Tq, slots: o.selectCount)
+    let ptr = NSAPointers(x)
+    let out = SendablePointer(output.mutablePointer()), br = SendablePointer(branches.mutablePointer())
+    let ls = SendablePointer(lse.mutablePointer())
+    let scoreMap = NSAScoreMap(compressed: plan.Nc, options: o)
+    let groups = plan.B * plan.Hk, chunks = plan.chunks
+    selection.indices.withUnsafeMutableBufferPointer { selBuf in
+        let sel = SendablePointer(selBuf.baseAddress!)
+        scoreMap.firstBlock.withUnsafeBufferPointer { first in
+            scoreMap.weights.withUnsafeBufferPointer { weights in
+                let map = (first: SendablePointer(UnsafeMutablePointer(mutating: first.baseAddress!)),
+                           weights: SendablePointer(UnsafeMutablePointer(mutating: weights.baseAddress!)), span: scoreMap.span)
+                nsaParallelWorkers(items: groups * chunks) { next in
+                    let w = NSAScratch(plan, backward: false)
+                    while let item = next() {
+                        // Later chunks first: they see more compressed keys (longest jobs first).
+                        let bh = item % groups, c = chunks - 1 - item / groups
+                        nsaForwardChunk(plan, ptr, w, b: bh / plan.Hk, hk: bh % plan.Hk, chunk: c,
+                                        selection: sel.pointer + bh * plan.Tq * o.selectCount, choose: given == nil,
+                                        mapFirst: map.first.pointer, mapWeights: map.weights.pointer, mapSpan: map.span,
+                                        out: out.pointer, branches: br.pointer, lse: ls.pointer)
+                    }
+                }
+            }
+        }
+    }
+    withExtendedLifetime(x) {}
+    return NSAForwardResult(output: output, selection: selection, branchOutputs: branches, logSumExp: lse)
+}
+
+func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int, hk: Int, chunk c: Int,
+                     selection: UnsafeMutablePointer<Int32>, choose: Bool,
+                     mapFirst: UnsafePointer<Int32>, mapWeights: UnsafePointer<Float>, mapSpan: Int,
+                     out: UnsafeMutablePointer<Float>, branches: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+    let o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
+    let t0 = c * plan.chunk, t1 = min(plan.Tq, t0 + plan.chunk), nq = t1 - t0, M = nq * G
+    let branchStride = plan.B * plan.Tq * plan.Hq * dv, lseStride = plan.B * plan.Hq * plan.Tq
+    for t in t0..<t1 { nsaPackQueryRows(plan, x.q, b: b, hk: hk, t: t, scale: plan.scale, into: w.qp + (t - t0) * G * dk) }
+    let rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
+
+    // Stores finished rows (acc / ℓ, lse) of branch `branch` for queries ta..<tb from packed buffers.
+    func finish(branch: Int, ta: Int, tb: Int, acc: UnsafeMutablePointer<Float>, m: UnsafePointer<Float>,
+                l: UnsafePointer<Float>, rowOf: (Int) -> Int) {
+        for t in ta..<tb {
+            for g in 0..<G {
+                let r = rowOf((t - ta) * G + g)
+                let h = hk * G + g
+                let dst = branches + branch * branchStride + ((b * plan.Tq + t) * plan.Hq + h) * dv
+                let lsePtr = lse + branch * lseStride + (b * plan.Hq + h) * plan.Tq + t
+                if l[r] > 0 {
+                    let inv = 1 / l[r]
+                    for e in 0..<dv { dst[e] = acc[r * dv + e] * inv }
+                    lsePtr.pointee = m[r] + log(l[r])
+                } else {
+                    dst.update(repeating: 0, count: dv)
+                    lsePtr.pointee = -.infinity
+                }
+            }
+        }
+    }
+
+    // 1. Compressed branch, exact softmax per row, and the selection that follows from it.
+    let kcBase = x.kc + (b * plan.Nc * Hk + hk) * dk, vcBase = x.vc + (b * plan.Nc * Hk + hk) * dv
+    let nvLast = o.visibleCompressed(position: plan.position(t1 - 1))
+    let tile = plan.cmpTile(visible: nvLast)
+    var ta = t0
+    while ta < t1 {
+        let tb = min(t1, ta + tile), rowsT = (tb - ta) * G
+        let nk = o.visibleCompressed(position: plan.position(tb - 1))
+        let s = w.s
+        if nk > 0 {
+            nsaTileScores(rows: rowsT, keys: nk, dk: dk, q: w.qp + (ta - t0) * G * dk, k: kcBase, ldk: Hk * dk, s: s)
+            for r in 0..<rowsT {
+                let nv = o.visibleCompressed(position: plan.position(ta + r / G))
+                let row = s + r * nk
+                if nv == 0 { row.update(repeating: 0, count: nk); w.m[r] = -.infinity; w.l[r] = 0; continue }
+                let mx = simdMax(row, nv)
+                let sum = nsaExpRow(row, count: nk, lo: 0, hi: nv, shift: mx)
+                simdScale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
+                w.m[r] = mx; w.l[r] = sum
+            }
+            gemm(m: rowsT, n: dv, k: nk, a: s, lda: nk, b: vcBase, ldb: Hk * dv, c: w.acc, ldc: dv)
+            // acc already holds P V with P normalised; finish() divides by ℓ, so pass ℓ = 1 rows.
+            for r in 0..<rowsT where w.l[r] > 0 { w.m[r] += log(w.l[r]); w.l[r] = 1 }
+        } else {
+            for r in 0..<rowsT { w.m[r] = -.infinity; w.l[r] = 0 }
+        }
+        finish(branch: 0, ta: ta, tb: tb, acc: w.acc, m: w.m, l: w.l, rowOf: { $0 })
+        if choose {
+            for t in ta..<tb {
+                let p = plan.position(t)
+                let current = p / o.selectBlock
+                let selRow = selection + t * o.selectCount
+                if current + 1 <= o.selectCount {
+                    _ = nsaTopBlocks(scores: w.scoreRow, position: p, options: o, out: selRow)
+                    continue
+                }
+                // Group importance: sum the G heads' probabilities, then spread over blocks (Eq. 9–10).
+                let nv = o.visibleCompressed(position: p)
+                w.scoreRow.update(repeating: 0, count: current + mapSpan)
+                if nv > 0 {
+                    let base = s + (t - ta) * G * nk
+                    w.pSum.update(from: base, count: nv)
+                    for g in 1..<max(G, 1) { simdAxpy(1, base + g * nk, w.pSum, nv) }
+                    for i in 0..<nv {
+                        let j0 = Int(mapFirst[i]), pi = w.pSum[i]
+                        for k in 0..<mapSpan { w.scoreRow[j0 + k] += pi * mapWeights[i * mapSpan + k] }
+                    }
+                }
+                _ = nsaTopBlocks(scores: w.scoreRow, position: p, options: o, out: selRow)
+            }
+        }
+        ta = tb
+    }
+
+    // 2. Selected branch: per block, the rows that chose it, online softmax across blocks.
+    let jMax = nsaInvertSelection(plan, selection: selection, t0: t0, t1: t1, counts: w.counts, starts: w.starts, entries: w.entries)
+    w.m.update(repeating: -.infinity, count: M); w.l.update(repeating: 0, count: M); w.acc.update(repeating: 0, count: M * dv)
+    if jMax >= 0 {
+        for j in 0...jMax where w.counts[j] > 0 {
+            let key0 = j * o.selectBlock, nk = min(o.selectBlock, plan.Tk - key0)
+            var r = 0
+            for e in Int(w.starts[j]) ..< Int(w.starts[j] + w.counts[j]) {
+                let tl = Int(w.entries[e])
+                let hiKey = Int32(min(nk, plan.position(t0 + tl) - key0 + 1))
+                for g in 0..<G {
+                    let R = tl * G + g
+                    (w.qg + r * dk).update(from: w.qp + R * dk, count: dk)
+                    w.rowIndex[r] = Int32(R); w.lo[r] = 0; w.hi[r] = hiKey
+                    w.mg[r] = w.m[R]; w.lg[r] = w.l[R]
+                    r += 1
+                }
+            }
+            var rs = rows; rs.count = r
+            nsaTileScores(rows: r, keys: nk, dk: dk, q: w.qg, k: x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk, s: w.s)
+            nsaOnlineRows(rows: rs, keys: nk, s: w.s, m: w.mg, l: w.lg, alpha: w.alpha)
+            gemm(m: r, n: dv, k: nk, a: w.s, lda: nk, b: x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldb: Hk * dv,
+                 c: w.pv, ldc: dv)
+            for i in 0..<r {
+                let R = Int(w.rowIndex[i])
+                let a = F16(repeating: w.alpha[i])
+                let dst = w.acc + R * dv, src = w.pv + i * dv
+                var e = 0
+                while e + 16 <= dv { store16(dst + e, load16(src + e).addingProduct(a, load16(dst + e))); e += 16 }
+                while e < dv { dst[e] = src[e] + w.alpha[i] * dst[e]; e += 1 }
+                w.m[R] = w.mg[i]; w.l[R] = w.lg[i]
+            }
+        }
+    }
+    finish(branch: 1, ta: t0, tb: t1, acc: w.acc, m: w.m, l: w.l, rowOf: { $0 })
+
+    // 3. Sliding window: query tiles against their band of keys.
+    ta = t0
+    while ta < t1 {
+        let tb = min(t1, ta + plan.windowTile), rowsT = (tb - ta) * G
+        let kLo = max(0, plan.position(ta) - o.window + 1), kHi = plan.position(tb - 1) + 1
+        w.m.update(repeating: -.infinity, count: rowsT); w.l.update(repeating: 0, count: rowsT)
+        w.acc.update(repeating: 0, count: rowsT * dv)
+        var k0 = kLo
+        while k0 < kHi {
+            let k1 = min(kHi, k0 + plan.windowKeys)
+            for r in 0..<rowsT {
+                let p = plan.position(ta + r / G)
+                let a = max(k0, p - o.window + 1), e = min(k1, p + 1)
+                w.lo[r] = Int32(max(0, a - k0)); w.hi[r] = Int32(max(a, e) - k0)
+            }
+            var rs = rows; rs.count = rowsT
+            nsaTileForward(rows: rs, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+                           k: x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
+                           v: x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
+                           s: w.s, m: w.m, l: w.l, alpha: w.alpha, acc: w.acc, ldacc: dv)
+            k0 = k1
+        }
+        finish(branch: 2, ta: ta, tb: tb, acc: w.acc, m: w.m, l: w.l, rowOf: { $0 })
+        ta = tb
+    }
+
+    // 4. Gates.
+    for t in t0..<t1 {
+        for g in 0..<G {
+            let row = (b * plan.Tq + t) * plan.Hq + hk * G + g
+            let dst = out + row * dv
+            let s0 = 1 / (1 + exp(-x.gates[row * 3])), s1 = 1 / (1 + exp(-x.gates[row * 3 + 1]))
+            let s2 = 1 / (1 + exp(-x.gates[row * 3 + 2]))
+            let o0 = branches + row * dv, o1 = o0 + branchStride, o2 = o1 + branchStride
+            for e in 0..<dv { dst[e] = s0 * o0[e] + s1 * o1[e] + s2 * o2[e] }
+        }
+    }
+}
+
+// MARK: - Backward
+
+/// NSA backward (fast) with the forward's selection fixed: gradients of sum(output · dOutput).
+public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradient dOut: Tensor,
+                        options o: NSAOptions = NSAOptions()) -> NSAGradients {
+    x.validate("nsaBackward", o)
+    let plan = NSAPlan(x, o)
+    let B = plan.B, Tq = plan.Tq, Hq = plan.Hq, Hk = plan.Hk, dv = plan.dv
+    if dOut.shape != [B, Tq, Hq, dv] { fatalError("nsaBackward: dOutput \(dOut.shape) must be [B, Tq, Hq, dv] = \([B, Tq, Hq, dv])") }
+    if f.branchOutputs.shape != [3, B, Tq, Hq, dv] || f.logSumExp.shape != [3, B, Hq, Tq]
+        || f.selection.indices.count != B * Hk * Tq * o.selectCount {
+        fatalError("nsaBackward: forward result does not match the inputs (branchOutputs \(f.branchOutputs.shape), logSumExp \(f.logSumExp.shape))")
+    }
+    var gq = Tensor(uninitializedShape: x.q.shape)
+    var gkc = Tensor.zeros(x.kCmp.shape), gvc = Tensor.zeros(x.vCmp.shape)
+    var gks = Tensor.zeros(x.kSel.shape), gvs = Tensor.zeros(x.vSel.shape)
+    var gkw = Tensor.zeros(x.kWin.shape), gvw = Tensor.zeros(x.vWin.shape)
+    var gg = Tensor(uninitializedShape: x.gates.shape)
+    let ptr = NSAPointers(x)
+    let rowsTotal = B * Tq * Hq
+    // σ(g) [B, Tq, Hq, 3] and δ_c = σ(g_c)·⟨dO, o_c⟩ [3, B, Hq, Tq]; dg_c = σ(1 − σ)·⟨dO, o_c⟩.
+    let sigmaBuf = ScratchBuffer(count: rowsTotal * 3, zeroed: false), deltaBuf = ScratchBuffer(count: rowsTotal * 3, zeroed: false)
+    let sigma = SendablePointer(sigmaBuf.pointer), delta = SendablePointer(deltaBuf.pointer)
+    let ggP = SendablePointer(gg.mutablePointer())
+    let dO = SendablePointer(UnsafeMutablePointer(mutating: dOut.pointer))
+    let brP = SendablePointer(UnsafeMutablePointer(mutating: f.branchOutputs.pointer))
+    let lseP = SendablePointer(UnsafeMutablePointer(mutating: f.logSumExp.pointer))
+    let branchStride = rowsTotal * dv
+    ZooThreads.parallelFor(rowsTotal, minChunk: 256) { range in
+        for row in range {
+            let h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq)
+            for c in 0..<3 {
+                let sg = 1 / (1 + exp(-ptr.gates[row * 3 + c]))
+                let dot = simdDot(dO.pointer + row * dv, brP.pointer + c * branchStride + row * dv, dv)
+                sigma[row * 3 + c] = sg
+                ggP[row * 3 + c] = sg * (1 - sg) * dot
+                delta[c * rowsTotal + (b * Hq + h) * Tq + t] = sg * dot
+            }
+        }
+    }
+    let ctx = NSABackwardContext(plan: plan, x: ptr, dO: dO.pointer, sigma: sigma.pointer, delta: delta.pointer,
+                                 lse: lseP.pointer)
+    let groups = B * Hk
+
+    // Query pass: dQ, one chunk of queries per item.
+    let gqP = SendablePointer(gq.mutablePointer())
+    f.selection.indices.withUnsafeBufferPointer { selBuf in
+        let sel = SendablePointer(UnsafeMutablePointer(mutating: selBuf.baseAddress!))
+        let chunks = plan.chunks
+        nsaParallelWorkers(items: groups * chunks) { next in
+            let w = NSAScratch(plan, backward: true)
+            while let item = next() {
+                let bh = item % groups, c = chunks - 1 - item / groups
+                nsaBackwardQueryChunk(ctx, w, b: bh / Hk, hk: bh % Hk, chunk: c,
+                                      selection: sel.pointer + bh * Tq * o.selectCount, dq: gqP.pointer)
+            }
+        }
+
+        // Key passes: the inverted selection of every (batch, kv head), then one item per
+        // compressed-key tile, selection block and window key tile.
+        let invCounts = ScratchBuffer(count: groups * (plan.nb + 1), zeroed: false)
+        let invStarts = ScratchBuffer(count: groups * (plan.nb + 1), zeroed: false)
+        let invEntries = ScratchBuffer(count: max(1, groups * Tq * o.selectCount), zeroed: false)
+        func intPtr(_ s: ScratchBuffer) -> SendablePointer<Int32> {
+            SendablePointer(UnsafeMutableRawPointer(s.pointer).bindMemory(to: Int32.self, capacity: s.count))
+        }
+        let cnt = intPtr(invCounts), st = intPtr(invStarts), ent = intPtr(invEntries)
+        ZooThreads.parallelFor(groups) { range in
+            for bh in range {
+                let base = bh * (plan.nb + 1)
+                let jMax = nsaInvertSelection(plan, selection: sel.pointer + bh * Tq * o.selectCount, t0: 0, t1: Tq,
+                                              counts: cnt.pointer + base, starts: st.pointer + base,
+                                              entries: ent.pointer + bh * Tq * o.selectCount)
+                for j in (jMax + 1) ..< plan.nb { cnt[base + j] = 0; st[base + j] = 0 }
+            }
+        }
+        enum KeyItem { case compressed(bh: Int, tile: Int), selected(bh: Int, block: Int), window(bh: Int, tile: Int) }
+        var items: [(cost: Int, item: KeyItem)] = []
+        let cmpTiles = (plan.Nc + plan.cmpKeyTile - 1) / plan.cmpKeyTile
+        let winTiles = (plan.Tk + plan.winKeyTile - 1) / plan.winKeyTile
+        for bh in 0..<groups {
+            for i in 0..<cmpTiles {
+                let firstQuery = max(0, i * plan.cmpKeyTile * o.compressStride + o.compressBlock - 1 - plan.off)
+                items.append((max(0, Tq - firstQuery) * plan.cmpKeyTile, .compressed(bh: bh, tile: i)))
+            }
+            for j in 0..<plan.nb where cnt[bh * (plan.nb + 1) + j] > 0 {
+                items.append((Int(cnt[bh * (plan.nb + 1) + j]) * o.selectBlock, .selected(bh: bh, block: j)))
+            }
+            for i in 0..<winTiles { items.append(((plan.winKeyTile + o.window) * plan.winKeyTile, .window(bh: bh, tile: i))) }
+        }
+        items.sort { $0.cost > $1.cost }
+        let gkcP = SendablePointer(gkc.mutablePointer()), gvcP = SendablePointer(gvc.mutablePointer())
+        let gksP = SendablePointer(gks.mutablePointer()), gvsP = SendablePointer(gvs.mutablePointer())
+        let gkwP = SendablePointer(gkw.mutablePointer()), gvwP = SendablePointer(gvw.mutablePointer())
+        let list = items.map(\.item)
+        list.withUnsafeBufferPointer { listBuf in
+            nsaParallelWorkers(items: listBuf.count) { next in
+                let w = NSAScratch(plan, backward: true)
+                while let i = next() {
+                    switch listBuf[i] {
+                    case let .compressed(bh, tile):
+                        nsaBackwardCompressedKeys(ctx, w, b: bh / Hk, hk: bh % Hk, tile: tile, dK: gkcP.pointer, dV: gvcP.pointer)
+                    case let .selected(bh, block):
+                        let base = bh * (plan.nb + 1)
+                        let start = Int(st[base + block]), count = Int(cnt[base + block])
+                        nsaBackwardSelectedKeys(ctx, w, b: bh / Hk, hk: bh % Hk, block: block,
+                                                queries: ent.pointer + bh * Tq * o.selectCount + start, count: count,
+                                                dK: gksP.pointer, dV: gvsP.pointer)
+                    case let .window(bh, tile):
+                        nsaBackwardWindowKeys(ctx, w, b: bh / Hk, hk: bh % Hk, tile: tile, dK: gkwP.pointer, dV: gvwP.pointer)
+                    }
+                }
+            }
+        }
+        withExtendedLifetime((invCounts, invStarts, invEntries)) {}
+    }
+    withExtendedLifetime((x, dOut, f, sigmaBuf, deltaBuf)) {}
+    return NSAGradients(q: gq, kCmp: gkc, vCmp: gvc, kSel: gks, vSel: gvs, kWin: gkw, vWin: gvw, gates: gg)
+}
+
+struct NSABackwardContext: @unchecked Sendable {
+    let plan: NSAPlan
+    let x: NSAPointers
+    let dO: UnsafePointer<Float>        // [B, Tq, Hq, dv]
+    let sigma: UnsafePointer<Float>     // [B, Tq, Hq, 3]
+    let delta: UnsafePointer<Float>     // [3, B, Hq, Tq]
+    let lse: UnsafePointer<Float>       // [3, B, Hq, Tq]
+
+    init(plan: NSAPlan, x: NSAPointers, dO: UnsafeMutablePointer<Float>, sigma: UnsafeMutablePointer<Float>,
+         delta: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+        self.plan = plan; self.x = x; self.dO = UnsafePointer(dO); self.sigma = UnsafePointer(sigma)
+        self.delta = UnsafePointer(delta); self.lse = UnsafePointer(lse)
+    }
+
+    /// Packs query t's G rows of branch c: dO_c = σ(g_c)·dO into dOp [G, dv], lse and δ into
+    /// lseg[G], deltag[G], and (if q is non-nil) the scaled queries into q [G, dk].
+    @inline(__always)
+    func pack(branch c: Int, b: Int, hk: Int, t: Int, row r: Int, w: NSAScratch, q: UnsafeMutablePointer<Float>?) {
+        let p = plan, G = p.G, dv = p.dv
+        let stride = p.B * p.Hq * p.Tq
+        for g in 0..<G {
+            let h = hk * G + g
+            let row = (b * p.Tq + t) * p.Hq + h
+            let sg = sigma[row * 3 + c]
+            let src = dO + row * dv, dst = w.dOp + (r + g) * dv
+            for e in 0..<dv { dst[e] = sg * src[e] }
+            w.lseg[r + g] = lse[c * stride + (b * p.Hq + h) * p.Tq + t]
+            w.deltag[r + g] = delta[c * stride + (b * p.Hq + h) * p.Tq + t]
+        }
+        if let q { nsaPackQueryRows(p, x.q, b: b, hk: hk, t: t, scale: p.scale, into: q + r * p.dk) }
+    }
+}
+
+func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, chunk c: Int,
+                           selection: UnsafePointer<Int32>, dq: UnsafeMutablePointer<Float>) {
+    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
+    let t0 = c * plan.chunk, t1 = min(plan.Tq, t0 + plan.chunk), nq = t1 - t0, M = nq * G
+    for t in t0..<t1 { nsaPackQueryRows(plan, ctx.x.q, b: b, hk: hk, t: t, scale: plan.scale, into: w.qp + (t - t0) * G * dk) }
+    w.dq.update(repeating: 0, count: M * dk)
+    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
+
+    // Compressed branch.
+    let kcBase = ctx.x.kc + (b * plan.Nc * Hk + hk) * dk, vcBase = ctx.x.vc + (b * plan.Nc * Hk + hk) * dv
+    let tile = plan.cmpTile(visible: o.visibleCompressed(position: plan.position(t1 - 1)))
+    var ta = t0
+    while ta < t1 {
+        let tb = min(t1, ta + tile)
+        let nk = o.visibleCompressed(position: plan.position(tb - 1))
+        if nk > 0 {
+            rows.count = (tb - ta) * G
+            for t in ta..<tb {
+                let r = (t - ta) * G
+                ctx.pack(branch: 0, b: b, hk: hk, t: t, row: r, w: w, q: nil)
+                let nv = Int32(o.visibleCompressed(position: plan.position(t)))
+                for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = nv }
+            }
+            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk, k: kcBase, ldk: Hk * dk,
+                                 v: vcBase, ldv: Hk * dv, dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk)
+        }
+        ta = tb
+    }
+
+    // Selected branch: per block, the rows that chose it.
+    let jMax = nsaInvertSelection(plan, selection: selection, t0: t0, t1: t1, counts: w.counts, starts: w.starts, entries: w.entries)
+    if jMax >= 0 {
+        for j in 0...jMax where w.counts[j] > 0 {
+            let key0 = j * o.selectBlock, nk = min(o.selectBlock, plan.Tk - key0)
+            var r = 0
+            for e in Int(w.starts[j]) ..< Int(w.starts[j] + w.counts[j]) {
+                let tl = Int(w.entries[e])
+                ctx.pack(branch: 1, b: b, hk: hk, t: t0 + tl, row: r, w: w, q: nil)
+                let hiKey = Int32(min(nk, plan.position(t0 + tl) - key0 + 1))
+                for g in 0..<G {
+                    (w.qg + (r + g) * dk).update(from: w.qp + (tl * G + g) * dk, count: dk)
+                    w.rowIndex[r + g] = Int32(tl * G + g); w.lo[r + g] = 0; w.hi[r + g] = hiKey
+                }
+                r += G
+            }
+            rows.count = r
+            w.pv.update(repeating: 0, count: r * dk)
+            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qg,
+                                 k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
+                                 v: ctx.x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldv: Hk * dv,
+                                 dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk)
+            for i in 0..<r { simdAxpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
+        }
+    }
+
+    // Window branch.
+    ta = t0
+    while ta < t1 {
+        let tb = min(t1, ta + plan.windowTile), rowsT = (tb - ta) * G
+        for t in ta..<tb { ctx.pack(branch: 2, b: b, hk: hk, t: t, row: (t - ta) * G, w: w, q: nil) }
+        let kLo = max(0, plan.position(ta) - o.window + 1), kHi = plan.position(tb - 1) + 1
+        var k0 = kLo
+        while k0 < kHi {
+            let k1 = min(kHi, k0 + plan.windowKeys)
+            for r in 0..<rowsT {
+                let p = plan.position(ta + r / G)
+                let a = max(k0, p - o.window + 1), e = min(k1, p + 1)
+                w.lo[r] = Int32(max(0, a - k0)); w.hi[r] = Int32(max(a, e) - k0)
+            }
+            rows.count = rowsT
+            nsaTileBackwardQuery(rows: rows, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+                                 k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
+                                 v: ctx.x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
+                                 dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk)
+            k0 = k1
+        }
+        ta = tb
+    }
+
+    // dq = scale · Σ dS k (the scale of S = scale·q·k).
+    for t in t0..<t1 {
+        let dst = dq + ((b * plan.Tq + t) * plan.Hq + hk * G) * dk
+        let src = w.dq + (t - t0) * G * dk
+        for i in 0..<(G * dk) { dst[i] = plan.scale * src[i] }
+    }
+}
+
+/// dKcmp, dVcmp for compressed keys [tile·64, …): every query that sees one of them.
+func nsaBackwardCompressedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, tile: Int,
+                               dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
+    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
+    let i0 = tile * plan.cmpKeyTile, i1 = min(plan.Nc, i0 + plan.cmpKeyTile), nk = i1 - i0
+    let firstQuery = max(0, i0 * o.compressStride + o.compressBlock - 1 - plan.off)
+    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
+    var ta = firstQuery
+    while ta < plan.Tq {
+        let tb = min(plan.Tq, ta + plan.keyPassQueries)
+        rows.count = (tb - ta) * G
+        for t in ta..<tb {
+            let r = (t - ta) * G
+            ctx.pack(branch: 0, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
+            let hiKey = Int32(min(max(o.visibleCompressed(position: plan.position(t)) - i0, 0), nk))
+            for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
+        }
+        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
+                           k: ctx.x.kc + ((b * plan.Nc + i0) * Hk + hk) * dk, ldk: Hk * dk,
+                           v: ctx.x.vc + ((b * plan.Nc + i0) * Hk + hk) * dv, ldv: Hk * dv,
+                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                           dK: dK + ((b * plan.Nc + i0) * Hk + hk) * dk, lddk: Hk * dk,
+                           dV: dV + ((b * plan.Nc + i0) * Hk + hk) * dv, lddv: Hk * dv)
+        ta = tb
+    }
+}
+
+/// dKsel, dVsel for one selection block: the queries (ascending) that chose it.
+func nsaBackwardSelectedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, block j: Int,
+                             queries: UnsafePointer<Int32>, count: Int,
+                             dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
+    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
+    let key0 = j * o.selectBlock, nk = min(o.selectBlock, plan.Tk - key0)
+    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
+    var e0 = 0
+    while e0 < count {
+        let e1 = min(count, e0 + plan.keyPassQueries)
+        rows.count = (e1 - e0) * G
+        for e in e0..<e1 {
+            let t = Int(queries[e]), r = (e - e0) * G
+            ctx.pack(branch: 1, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
+            let hiKey = Int32(min(nk, plan.position(t) - key0 + 1))
+            for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
+        }
+        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
+                           k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
+                           v: ctx.x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldv: Hk * dv,
+                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                           dK: dK + ((b * plan.Tk + key0) * Hk + hk) * dk, lddk: Hk * dk,
+                           dV: dV + ((b * plan.Tk + key0) * Hk + hk) * dv, lddv: Hk * dv)
+        e0 = e1
+    }
+}
+
+/// dKwin, dVwin for raw keys [tile·64, …): the queries whose window reaches them.
+func nsaBackwardWindowKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, tile: Int,
+                           dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
+    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
+    let k0 = tile * plan.winKeyTile, k1 = min(plan.Tk, k0 + plan.winKeyTile), nk = k1 - k0
+    let tFirst = max(0, k0 - plan.off), tLast = min(plan.Tq - 1, k1 - 1 + o.window - 1 - plan.off)
+    if tFirst > tLast { return }
+    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
+    var ta = tFirst
+    while ta <= tLast {
+        let tb = min(tLast + 1, ta + plan.keyPassQueries)
+        rows.count = (tb - ta) * G
+        for t in ta..<tb {
+            let r = (t - ta) * G
+            ctx.pack(branch: 2, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
+            let p = plan.position(t)
+            let a = max(k0, p - o.window + 1), e = min(k1, p + 1)
+            for g in 0..<G { w.lo[r + g] = Int32(a - k0); w.hi[r + g] = Int32(max(a, e) - k0) }
+        }
+        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
+                           k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
+                           v: ctx.x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
+                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                           dK: dK + ((b * plan.Tk + k0) * Hk + hk) * dk, lddk: Hk * dk,
+                           dV: dV + ((b * plan.Tk + k0) * Hk + hk) * dv, lddv: Hk * dv)
+        ta = tb
+    }
+}
