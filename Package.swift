@@ -56,12 +56,14 @@ let package = Package(
         .target(name: "ZooAutograd", dependencies: ["ZooTensor"], swiftSettings: optimised),
         .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], swiftSettings: kernelOptimised),
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
-        .target(name: "ZooBench", dependencies: ["ZooTensor"], swiftSettings: optimised),
-        .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
+        .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
+                swiftSettings: optimised),
+        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
+        .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
         .executableTarget(name: "zoo", dependencies: [
-            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooBench", "CBLAS",
+            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooBench", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -71,5 +73,6 @@ let package = Package(
         .testTarget(name: "ZooKernelsTests", dependencies: ["ZooKernels", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
+        .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
     ]
 )

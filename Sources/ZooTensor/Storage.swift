@@ -49,14 +49,30 @@ public func peakResidentBytes() -> Int? {
     return nil
 }
 
+#if os(Linux)
+// <malloc.h> is not part of the Glibc module; mallopt is a stable glibc symbol.
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+#endif
+
 /// 64-byte aligned Float32 memory owned by a class, so `Tensor` can share it copy-on-write.
 /// Hot loops never index through this class: they take its `pointer` once.
 public final class TensorStorage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
 
+    /// Keep freed memory in the heap for reuse: glibc otherwise maps every block over 128 KiB
+    /// fresh from the kernel and unmaps it on free, so each large temporary pays its page faults
+    /// again (measured: a 64 MiB softmax output costs more in faults than in arithmetic).
+    static let heapPolicy: Void = {
+        #if os(Linux)
+        _ = glibcMallopt(-3, 1 << 30)        // M_MMAP_THRESHOLD (glibc's malloc.h)
+        _ = glibcMallopt(-1, Int32.max)      // M_TRIM_THRESHOLD
+        #endif
+    }()
+
     /// Uninitialised storage for `count` floats.
     public init(uninitializedCount count: Int) {
+        _ = TensorStorage.heapPolicy
         precondition(count >= 0, "TensorStorage: negative element count \(count)")
         self.count = count
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
@@ -88,6 +104,7 @@ public final class ScratchBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
     public init(count: Int, zeroed: Bool = true) {
+        _ = TensorStorage.heapPolicy
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         self.count = count

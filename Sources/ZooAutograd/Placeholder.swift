@@ -1,1 +1,0 @@
-// Autograd lands here (issue 2).

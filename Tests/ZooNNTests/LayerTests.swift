@@ -1,0 +1,221 @@
+import Testing
+import Foundation
+import ZooTensor
+import ZooAutograd
+import ZooNN
+import ZooTestSupport
+
+/// Layers against Double references and finite differences (gradientCheck).
+@Suite struct LayerGradients {
+    @Test func linearWithBias() {
+        let x = randomTensor([2, 5, 4], seed: 2), w = randomTensor([3, 4], seed: 1), b = randomTensor([3], seed: 3)
+        let result = gradientCheck([x, w, b], function: { v in Linear(sharing: v[1], bias: v[2])(v[0]) }, reference: { v in
+            var out: [Double] = []
+            for r in 0..<10 { for o in 0..<3 {
+                var s = v[2][o]; for i in 0..<4 { s += v[0][r * 4 + i] * v[1][o * 4 + i] }; out.append(s)
+            } }
+            return out
+        })
+        #expect(result.worst < 1e-5, "\(result)")
+        var g = SeededGenerator(seed: 1)
+        let layer = Linear(4, 3, bias: true, generator: &g)
+        #expect(layer.namedParameters().map(\.name) == ["weight", "bias"])
+        #expect(layer.namedParameters().map(\.decays) == [true, false])
+        expectClose(layer.apply(x), layer(Variable(x)).value, tolerance: 0, "apply ≡ callAsFunction")
+    }
+
+    @Test func rmsNormForwardAndGradients() {
+        let x = randomTensor([3, 8], seed: 4), w = randomTensor([8], seed: 5)
+        let eps = 1e-5
+        let result = gradientCheck([x, w], function: { v in rmsNorm(v[0], weight: v[1], epsilon: Float(eps)) }, reference: { v in
+            var out: [Double] = []
+            for r in 0..<3 {
+                let row = Array(v[0][(r * 8)..<(r * 8 + 8)])
+                let rs = 1 / (row.map { $0 * $0 }.reduce(0, +) / 8 + eps).squareRoot()
+                out += (0..<8).map { row[$0] * rs * v[1][$0] }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
+    @Test func gatedRMSNormMatchesComposition() {
+        let y = randomTensor([2, 3, 6], seed: 6), z = randomTensor([2, 3, 6], seed: 7)
+        let norm = GatedRMSNorm(6)
+        let result = gradientCheck([y, z], function: { v in norm(v[0], gate: v[1]) }, reference: { v in
+            var out: [Double] = []
+            for r in 0..<6 {
+                let gated = (0..<6).map { i -> Double in let zz = v[1][r * 6 + i]; return v[0][r * 6 + i] * zz / (1 + Foundation.exp(-zz)) }
+                let rs = 1 / (gated.map { $0 * $0 }.reduce(0, +) / 6 + 1e-5).squareRoot()
+                out += gated.map { $0 * rs }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+        expectClose(norm.apply(y, gate: z), norm(Variable(y), gate: Variable(z)).value, tolerance: 1e-7, "apply ≡ callAsFunction")
+    }
+
+    @Test(arguments: [MLP.Kind.swiglu, .gelu])
+    func mlpGradients(kind: MLP.Kind) {
+        var g = SeededGenerator(seed: 8)
+        let mlp = MLP(dim: 4, hidden: 6, kind: kind, std: 0.5, generator: &g)
+        let x = randomTensor([3, 4], seed: 9)
+        let params = mlp.namedParameters()
+        let result = gradientCheck([x] + params.map(\.variable.value), function: { v in
+            mlpWith(params: Array(v.dropFirst()), kind: kind, x: v[0])
+        }, reference: { v in
+            func lin(_ x: [Double], _ w: [Double], _ i: Int, _ o: Int) -> [Double] {
+                (0..<(x.count / i)).flatMap { r in (0..<o).map { c in (0..<i).map { x[r * i + $0] * w[c * i + $0] }.reduce(0, +) } }
+            }
+            func sig(_ a: Double) -> Double { 1 / (1 + Foundation.exp(-a)) }
+            if kind == .swiglu {
+                let gate = lin(v[0], v[1], 4, 6), up = lin(v[0], v[2], 4, 6)
+                let h = zip(gate, up).map { $0 * sig($0) * $1 }
+                return lin(h, v[3], 6, 4)
+            } else {
+                let h = lin(v[0], v[1], 4, 6).map { 0.5 * $0 * (1 + Foundation.tanh(0.7978845608028654 * ($0 + 0.044715 * $0 * $0 * $0))) }
+                return lin(h, v[2], 6, 4)
+            }
+        })
+        #expect(result.worst < 3e-5, "\(result)")
+        #expect(params.map(\.name) == (kind == .swiglu ? ["gate.weight", "up.weight", "down.weight"] : ["fc1.weight", "fc2.weight"]))
+    }
+
+    func mlpWith(params: [Variable], kind: MLP.Kind, x: Variable) -> Variable {
+        if kind == .swiglu {
+            let gate = matmul(x, params[0], transB: true), up = matmul(x, params[1], transB: true)
+            return matmul(gate.silu() * up, params[2], transB: true)
+        }
+        return matmul(matmul(x, params[0], transB: true).gelu(), params[1], transB: true)
+    }
+
+    @Test func mlpLayerEqualsItsComposition() {
+        var g = SeededGenerator(seed: 10)
+        for kind in MLP.Kind.allCases {
+            let mlp = MLP(dim: 8, hidden: 16, kind: kind, generator: &g)
+            let x = randomTensor([2, 3, 8], seed: 11)
+            let expected = mlpWith(params: mlp.namedParameters().map(\.variable), kind: kind, x: Variable(x)).value
+            expectClose(mlp(Variable(x)).value, expected, tolerance: 1e-7, "\(kind)")
+            expectClose(mlp.apply(x), expected, tolerance: 1e-7, "\(kind) apply")
+        }
+    }
+}
+
+@Suite struct ConvolutionRotaryLoss {
+    func convReference(_ x: [Double], _ w: [Double], _ b: [Double], batch: Int, t: Int, c: Int, k: Int) -> [Double] {
+        var out = [Double](repeating: 0, count: batch * t * c)
+        for bi in 0..<batch { for ti in 0..<t { for ci in 0..<c {
+            var s = b[ci]
+            for j in 0..<k { let src = ti - (k - 1) + j; if src >= 0 { s += w[ci * k + j] * x[(bi * t + src) * c + ci] } }
+            out[(bi * t + ti) * c + ci] = s
+        } } }
+        return out
+    }
+
+    @Test(arguments: [(1, 5, 3, 4), (2, 7, 20, 4), (1, 3, 17, 1)])
+    func causalConvGradients(batch: Int, t: Int, c: Int, k: Int) {
+        var g = SeededGenerator(seed: 12)
+        let conv = CausalConv1d(channels: c, kernelSize: k, generator: &g)
+        let x = randomTensor([batch, t, c], seed: 13)
+        let result = gradientCheck([x, conv.weight.value, conv.bias!.value], function: { v in
+            CausalConv1d(sharing: v[1], bias: v[2])(v[0])
+        }, reference: { v in convReference(v[0], v[1], v[2], batch: batch, t: t, c: c, k: k) })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
+    @Test func causalConvStepEqualsParallel() {
+        var g = SeededGenerator(seed: 14)
+        let conv = CausalConv1d(channels: 19, kernelSize: 4, generator: &g)
+        let x = randomTensor([2, 9, 19], seed: 15)
+        let parallel = conv(Variable(x)).value
+        var state = conv.initialState(batch: 2)
+        let first = conv.step(x.slice(axis: 1, 0..<5), state: &state)
+        let rest = (5..<9).map { conv.step(x.slice(axis: 1, $0..<($0 + 1)), state: &state) }
+        expectClose(Tensor.concatenate([first] + rest, axis: 1), parallel, tolerance: 1e-6, "prefill + steps")
+        #expect(state.shape == [2, 19, 3])
+    }
+
+    @Test func rotaryMatchesDoubleAndIsOrthogonal() {
+        let rope = RotaryEmbedding(headDim: 8, base: 100)
+        let x = randomTensor([1, 5, 2, 8], seed: 16)
+        let result = gradientCheck([x], function: { rope($0[0], offset: 3) }, reference: { v in
+            var out = v[0]
+            for t in 0..<5 { for h in 0..<2 { for i in 0..<4 {
+                let angle = Double(3 + t) * Foundation.pow(100, -2 * Double(i) / 8)
+                let base = (t * 2 + h) * 8
+                let x0 = v[0][base + i], x1 = v[0][base + i + 4]
+                out[base + i] = x0 * Foundation.cos(angle) - x1 * Foundation.sin(angle)
+                out[base + i + 4] = x0 * Foundation.sin(angle) + x1 * Foundation.cos(angle)
+            } } }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+        // Relative positions: ⟨R(p)q, R(p')k⟩ depends only on p − p'.
+        let q = randomTensor([1, 1, 1, 8], seed: 17), k = randomTensor([1, 1, 1, 8], seed: 18)
+        func dot(_ a: Tensor, _ b: Tensor) -> Float { zip(a.scalars, b.scalars).map { $0 * $1 }.reduce(0, +) }
+        let d1 = dot(rope.apply(q, offset: 10), rope.apply(k, offset: 7))
+        let d2 = dot(rope.apply(q, offset: 40), rope.apply(k, offset: 37))
+        #expect(abs(d1 - d2) < 1e-4)
+    }
+
+    @Test func crossEntropyIgnoresLabelsAndMatchesDouble() {
+        let logits = randomTensor([5, 7], seed: 19, scale: 2)
+        let targets = [3, -100, 0, 6, -100]
+        let result = gradientCheck([logits], function: { crossEntropy($0[0], targets: targets) }, reference: { v in
+            var total = 0.0, n = 0.0
+            for (r, t) in targets.enumerated() where t != -100 {
+                let row = Array(v[0][(r * 7)..<(r * 7 + 7)]); let m = row.max()!
+                total += m + Foundation.log(row.map { Foundation.exp($0 - m) }.reduce(0, +)) - row[t]; n += 1
+            }
+            return [total / n]
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+        let none = crossEntropy(Variable(logits, requiresGrad: true), targets: Array(repeating: -100, count: 5))
+        #expect(none.value.item == 0)
+    }
+}
+
+@Suite struct Optimisation {
+    @Test func adamWMatchesDoubleReference() {
+        let p = Variable(Tensor(shape: [3], scalars: [0.5, -1, 2]), requiresGrad: true)
+        let q = Variable(Tensor(shape: [2], scalars: [1, 1]), requiresGrad: true)
+        let params = [NamedParameter("p", p), NamedParameter("q", q, decays: false)]
+        var opt = AdamW(beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weightDecay: 0.1)
+        var pd = [0.5, -1, 2], qd = [1.0, 1], mp = [0.0, 0, 0], vp = [0.0, 0, 0], mq = [0.0, 0], vq = [0.0, 0]
+        let grads: [[Double]] = [[0.1, -0.2, 0.3], [1, -1, 0.5], [-0.3, 0.2, 0.1]]
+        for (step, gr) in grads.enumerated() {
+            p.grad = Tensor(shape: [3], doubles: gr); q.grad = Tensor(shape: [2], doubles: [gr[0], gr[1]])
+            opt.step(params, learningRate: 0.01)
+            let t = Double(step + 1)
+            func update(_ x: inout [Double], _ m: inout [Double], _ v: inout [Double], _ g: [Double], decay: Double) {
+                for i in 0..<x.count {
+                    m[i] = 0.9 * m[i] + 0.1 * g[i]; v[i] = 0.99 * v[i] + 0.01 * g[i] * g[i]
+                    let mh = m[i] / (1 - Foundation.pow(0.9, t)), vh = v[i] / (1 - Foundation.pow(0.99, t))
+                    x[i] -= 0.01 * (mh / (vh.squareRoot() + 1e-8) + decay * x[i])
+                }
+            }
+            update(&pd, &mp, &vp, gr, decay: 0.1)
+            update(&qd, &mq, &vq, [gr[0], gr[1]], decay: 0)
+        }
+        expectClose(p.value.scalars, pd, tolerance: 1e-6, "decayed parameter")
+        expectClose(q.value.scalars, qd, tolerance: 1e-6, "excluded parameter")
+        #expect(opt.stepCount == 3)
+    }
+
+    @Test func cosineScheduleWithWarmup() {
+        #expect(cosineLearningRate(step: 0, warmup: 10, total: 110, peak: 1) == 0.1)
+        #expect(cosineLearningRate(step: 9, warmup: 10, total: 110, peak: 1) == 1)
+        #expect(abs(cosineLearningRate(step: 60, warmup: 10, total: 110, peak: 1, minimum: 0.1) - 0.55) < 1e-6)
+        #expect(cosineLearningRate(step: 110, warmup: 10, total: 110, peak: 1, minimum: 0.1) == 0.1)
+    }
+
+    @Test func clippingScalesToTheGlobalNorm() {
+        let a = Variable(Tensor.zeros([2]), requiresGrad: true), b = Variable(Tensor.zeros([1]), requiresGrad: true)
+        a.grad = Tensor(shape: [2], scalars: [3, 0]); b.grad = Tensor(shape: [1], scalars: [4])
+        let params = [NamedParameter("a", a), NamedParameter("b", b)]
+        let norm = clipGradientNorm(params, maxNorm: 1)
+        #expect(abs(norm - 5) < 1e-6)
+        #expect(abs(a.grad!.scalars[0] - 0.6) < 1e-5 && abs(b.grad!.scalars[0] - 0.8) < 1e-5)
+        #expect(abs(clipGradientNorm(params, maxNorm: 10) - 1) < 1e-4)
+    }
+}
