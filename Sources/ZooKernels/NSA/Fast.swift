@@ -3,7 +3,7 @@
 //
 // Shapes as in Naive.swift: q [B, Tq, Hq, dk]; kCmp, vCmp [B, Nc, Hkv, dk|dv]; kSel, vSel, kWin,
 // vWin [B, Tk, Hkv, dk|dv]; gates [B, Tq, Hq, 3] (logits); output [B, Tq, Hq, dv]. Saved for the
-// backward: the three branch outputs [3, B, Tq, Hq, dv], their log-sum-exps [3, B, Hq, Tq] and the
+// backward: the three branch outputs [3, B, Tq, Hq, dv], their log-sum-exps [3, B, Tq, Hq] and the
 // selection [B, Hkv, Tq, n].
 //
 // Forward, per (batch, kv head, chunk of queries); a GQA group's G query heads travel together as
@@ -33,7 +33,8 @@ public struct NSAForwardResult: @unchecked Sendable {
     public var selection: NSASelection
     /// o_cmp, o_sel, o_win stacked: [3, B, Tq, Hq, dv].
     public var branchOutputs: Tensor
-    /// Log-sum-exp of each branch's softmax, [3, B, Hq, Tq]; −inf where a branch sees no key.
+    /// Log-sum-exp of each branch's softmax, [3, B, Tq, Hq] (a query's heads adjacent, as the
+    /// backward reads them); −inf where a branch sees no key.
     public var logSumExp: Tensor
 }
 
@@ -67,7 +68,8 @@ struct NSAPlan {
         // smaller ones more work items. 256 queries keeps a chunk's accumulators near 256 KB.
         chunk = max(1, min(Tq, 256))
         let rows = chunk * G
-        windowTile = max(1, min(chunk, 64))
+        // 32 queries × G rows: the band S computes is w + 31 keys wide for w useful ones.
+        windowTile = max(1, min(chunk, 32))
         scoreCapacity = max(1 << 18, rows * o.selectBlock, G * max(Nc, 1), keyPassQueries * G * max(cmpKeyTile, winKeyTile, o.selectBlock),
                             windowTile * G * 16)
         windowKeys = max(16, scoreCapacity / (windowTile * G))
@@ -79,12 +81,58 @@ struct NSAPlan {
     func cmpTile(visible: Int) -> Int { max(1, scoreCapacity / (G * max(visible, 1))) }
 }
 
+/// A branch's keys or values transposed per (batch, kv head): [B, T, H, D] → [B, H, D, T], so that
+/// S = q·Kᵀ and dP = dO·Vᵀ are NN products (see Tiles.swift for why that matters).
+final class NSATransposed: @unchecked Sendable {
+    private let buffer: ScratchBuffer
+    let pointer: UnsafeMutablePointer<Float>
+    let tokens: Int, heads: Int, dim: Int
+
+    init(_ x: Tensor) {
+        let B = x.shape[0], T = x.shape[1], H = x.shape[2], D = x.shape[3]
+        tokens = T; heads = H; dim = D
+        buffer = ScratchBuffer(count: B * H * D * T, zeroed: false)
+        pointer = buffer.pointer
+        let src = SendablePointer(UnsafeMutablePointer(mutating: x.pointer)), dst = SendablePointer(buffer.pointer)
+        let blocks = (T + 63) / 64
+        ZooThreads.parallelFor(B * H * blocks, minChunk: 8) { range in
+            for item in range {
+                let bh = item / blocks, t0 = (item % blocks) * 64, t1 = min(T, t0 + 64)
+                let b = bh / H, h = bh % H
+                let out = dst.pointer + bh * D * T
+                for t in t0..<t1 {
+                    let row = src.pointer + ((b * T + t) * H + h) * D
+                    for c in 0..<D { out[c * T + t] = row[c] }
+                }
+            }
+        }
+        withExtendedLifetime(x) {}
+    }
+
+    /// The [D, T] block of (b, h); row stride `tokens`.
+    @inline(__always) func at(_ b: Int, _ h: Int) -> UnsafePointer<Float> { UnsafePointer(pointer + (b * heads + h) * dim * tokens) }
+}
+
 /// Raw pointers of one call, passed into the parallel workers.
 struct NSAPointers: @unchecked Sendable {
     let q, kc, vc, ks, vs, kw, vw, gates: UnsafePointer<Float>
-    init(_ x: NSAInputs) {
+    /// Transposed keys (and, in the backward, values) of each branch; see NSATransposed.
+    let kcT, ksT, kwT: NSATransposed
+    let vcT, vsT, vwT: NSATransposed?
+    init(_ x: NSAInputs, transposeValues: Bool) {
         q = x.q.pointer; kc = x.kCmp.pointer; vc = x.vCmp.pointer; ks = x.kSel.pointer; vs = x.vSel.pointer
         kw = x.kWin.pointer; vw = x.vWin.pointer; gates = x.gates.pointer
+        // Branches that share a tensor share its transposed copy.
+        kcT = NSATransposed(x.kCmp)
+        ksT = NSATransposed(x.kSel)
+        kwT = x.kWin.storage === x.kSel.storage ? ksT : NSATransposed(x.kWin)
+        if transposeValues {
+            let vcT = NSATransposed(x.vCmp), vsT = NSATransposed(x.vSel)
+            self.vcT = vcT; self.vsT = vsT
+            vwT = x.vWin.storage === x.vSel.storage ? vsT : NSATransposed(x.vWin)
+        } else {
+            vcT = nil; vsT = nil; vwT = nil
+        }
     }
 }
 
@@ -149,7 +197,7 @@ func nsaPackQueryRows(_ plan: NSAPlan, _ q: UnsafePointer<Float>, b: Int, hk: In
     let n = plan.G * plan.dk
     let sc = F16(repeating: scale)
     var i = 0
-    while i + 16 <= n { store16(dst + i, load16(src + i) * sc); i += 16 }
+    while i + 16 <= n { NSALanes.store(dst + i, NSALanes.load(src + i) * sc); i += 16 }
     while i < n { dst[i] = src[i] * scale; i += 1 }
 }
 
@@ -198,9 +246,9 @@ public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), sel
     }
     var output = Tensor(uninitializedShape: [plan.B, plan.Tq, plan.Hq, plan.dv])
     var branches = Tensor(uninitializedShape: [3, plan.B, plan.Tq, plan.Hq, plan.dv])
-    var lse = Tensor(uninitializedShape: [3, plan.B, plan.Hq, plan.Tq])
+    var lse = Tensor(uninitializedShape: [3, plan.B, plan.Tq, plan.Hq])
     var selection = given ?? NSASelection(batch: plan.B, kvHeads: plan.Hk, queries: plan.Tq, slots: o.selectCount)
-    let ptr = NSAPointers(x)
+    let ptr = NSAPointers(x, transposeValues: false)
     let out = SendablePointer(output.mutablePointer()), br = SendablePointer(branches.mutablePointer())
     let ls = SendablePointer(lse.mutablePointer())
     let scoreMap = NSAScoreMap(compressed: plan.Nc, options: o)
@@ -247,7 +295,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 let r = rowOf((t - ta) * G + g)
                 let h = hk * G + g
                 let dst = branches + branch * branchStride + ((b * plan.Tq + t) * plan.Hq + h) * dv
-                let lsePtr = lse + branch * lseStride + (b * plan.Hq + h) * plan.Tq + t
+                let lsePtr = lse + branch * lseStride + (b * plan.Tq + t) * plan.Hq + h
                 if l[r] > 0 {
                     let inv = 1 / l[r]
                     for e in 0..<dv { dst[e] = acc[r * dv + e] * inv }
@@ -261,7 +309,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
     }
 
     // 1. Compressed branch, exact softmax per row, and the selection that follows from it.
-    let kcBase = x.kc + (b * plan.Nc * Hk + hk) * dk, vcBase = x.vc + (b * plan.Nc * Hk + hk) * dv
+    let vcBase = x.vc + (b * plan.Nc * Hk + hk) * dv
     let nvLast = o.visibleCompressed(position: plan.position(t1 - 1))
     let tile = plan.cmpTile(visible: nvLast)
     var ta = t0
@@ -270,17 +318,17 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
         let nk = o.visibleCompressed(position: plan.position(tb - 1))
         let s = w.s
         if nk > 0 {
-            nsaTileScores(rows: rowsT, keys: nk, dk: dk, q: w.qp + (ta - t0) * G * dk, k: kcBase, ldk: Hk * dk, s: s)
+            nsaTileScores(rows: rowsT, keys: nk, dk: dk, q: w.qp + (ta - t0) * G * dk, kt: x.kcT.at(b, hk), ldkt: plan.Nc, s: s)
             for r in 0..<rowsT {
                 let nv = o.visibleCompressed(position: plan.position(ta + r / G))
                 let row = s + r * nk
                 if nv == 0 { row.update(repeating: 0, count: nk); w.m[r] = -.infinity; w.l[r] = 0; continue }
-                let mx = simdMax(row, nv)
+                let mx = NSALanes.max(row, nv)
                 let sum = nsaExpRow(row, count: nk, lo: 0, hi: nv, shift: mx)
-                simdScale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
+                NSALanes.scale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
                 w.m[r] = mx; w.l[r] = sum
             }
-            gemm(m: rowsT, n: dv, k: nk, a: s, lda: nk, b: vcBase, ldb: Hk * dv, c: w.acc, ldc: dv)
+            nsaGemm(m: rowsT, n: dv, k: nk, a: s, lda: nk, b: vcBase, ldb: Hk * dv, c: w.acc, ldc: dv)
             // acc already holds P V with P normalised; finish() divides by ℓ, so pass ℓ = 1 rows.
             for r in 0..<rowsT where w.l[r] > 0 { w.m[r] += log(w.l[r]); w.l[r] = 1 }
         } else {
@@ -302,7 +350,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 if nv > 0 {
                     let base = s + (t - ta) * G * nk
                     w.pSum.update(from: base, count: nv)
-                    for g in 1..<max(G, 1) { simdAxpy(1, base + g * nk, w.pSum, nv) }
+                    for g in 1..<max(G, 1) { NSALanes.axpy(1, base + g * nk, w.pSum, nv) }
                     for i in 0..<nv {
                         let j0 = Int(mapFirst[i]), pi = w.pSum[i]
                         for k in 0..<mapSpan { w.scoreRow[j0 + k] += pi * mapWeights[i * mapSpan + k] }
@@ -333,16 +381,16 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 }
             }
             var rs = rows; rs.count = r
-            nsaTileScores(rows: r, keys: nk, dk: dk, q: w.qg, k: x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk, s: w.s)
+            nsaTileScores(rows: r, keys: nk, dk: dk, q: w.qg, kt: x.ksT.at(b, hk) + key0, ldkt: plan.Tk, s: w.s)
             nsaOnlineRows(rows: rs, keys: nk, s: w.s, m: w.mg, l: w.lg, alpha: w.alpha)
-            gemm(m: r, n: dv, k: nk, a: w.s, lda: nk, b: x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldb: Hk * dv,
-                 c: w.pv, ldc: dv)
+            nsaGemm(m: r, n: dv, k: nk, a: w.s, lda: nk, b: x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldb: Hk * dv,
+                    c: w.pv, ldc: dv)
             for i in 0..<r {
                 let R = Int(w.rowIndex[i])
                 let a = F16(repeating: w.alpha[i])
                 let dst = w.acc + R * dv, src = w.pv + i * dv
                 var e = 0
-                while e + 16 <= dv { store16(dst + e, load16(src + e).addingProduct(a, load16(dst + e))); e += 16 }
+                while e + 16 <= dv { NSALanes.store(dst + e, NSALanes.load(src + e).addingProduct(a, NSALanes.load(dst + e))); e += 16 }
                 while e < dv { dst[e] = src[e] + w.alpha[i] * dst[e]; e += 1 }
                 w.m[R] = w.mg[i]; w.l[R] = w.lg[i]
             }
@@ -367,7 +415,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
             }
             var rs = rows; rs.count = rowsT
             nsaTileForward(rows: rs, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
-                           k: x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
+                           kt: x.kwT.at(b, hk) + k0, ldkt: plan.Tk,
                            v: x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
                            s: w.s, m: w.m, l: w.l, alpha: w.alpha, acc: w.acc, ldacc: dv)
             k0 = k1
@@ -398,7 +446,7 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
     let plan = NSAPlan(x, o)
     let B = plan.B, Tq = plan.Tq, Hq = plan.Hq, Hk = plan.Hk, dv = plan.dv
     if dOut.shape != [B, Tq, Hq, dv] { fatalError("nsaBackward: dOutput \(dOut.shape) must be [B, Tq, Hq, dv] = \([B, Tq, Hq, dv])") }
-    if f.branchOutputs.shape != [3, B, Tq, Hq, dv] || f.logSumExp.shape != [3, B, Hq, Tq]
+    if f.branchOutputs.shape != [3, B, Tq, Hq, dv] || f.logSumExp.shape != [3, B, Tq, Hq]
         || f.selection.indices.count != B * Hk * Tq * o.selectCount {
         fatalError("nsaBackward: forward result does not match the inputs (branchOutputs \(f.branchOutputs.shape), logSumExp \(f.logSumExp.shape))")
     }
@@ -407,9 +455,9 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
     var gks = Tensor.zeros(x.kSel.shape), gvs = Tensor.zeros(x.vSel.shape)
     var gkw = Tensor.zeros(x.kWin.shape), gvw = Tensor.zeros(x.vWin.shape)
     var gg = Tensor(uninitializedShape: x.gates.shape)
-    let ptr = NSAPointers(x)
+    let ptr = NSAPointers(x, transposeValues: true)
     let rowsTotal = B * Tq * Hq
-    // σ(g) [B, Tq, Hq, 3] and δ_c = σ(g_c)·⟨dO, o_c⟩ [3, B, Hq, Tq]; dg_c = σ(1 − σ)·⟨dO, o_c⟩.
+    // σ(g) [B, Tq, Hq, 3] and δ_c = σ(g_c)·⟨dO, o_c⟩ [3, B, Tq, Hq]; dg_c = σ(1 − σ)·⟨dO, o_c⟩.
     let sigmaBuf = ScratchBuffer(count: rowsTotal * 3, zeroed: false), deltaBuf = ScratchBuffer(count: rowsTotal * 3, zeroed: false)
     let sigma = SendablePointer(sigmaBuf.pointer), delta = SendablePointer(deltaBuf.pointer)
     let ggP = SendablePointer(gg.mutablePointer())
@@ -419,13 +467,12 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
     let branchStride = rowsTotal * dv
     ZooThreads.parallelFor(rowsTotal, minChunk: 256) { range in
         for row in range {
-            let h = row % Hq, t = (row / Hq) % Tq, b = row / (Hq * Tq)
             for c in 0..<3 {
                 let sg = 1 / (1 + exp(-ptr.gates[row * 3 + c]))
-                let dot = simdDot(dO.pointer + row * dv, brP.pointer + c * branchStride + row * dv, dv)
+                let dot = NSALanes.dot(dO.pointer + row * dv, brP.pointer + c * branchStride + row * dv, dv)
                 sigma[row * 3 + c] = sg
                 ggP[row * 3 + c] = sg * (1 - sg) * dot
-                delta[c * rowsTotal + (b * Hq + h) * Tq + t] = sg * dot
+                delta[c * rowsTotal + row] = sg * dot
             }
         }
     }
@@ -514,8 +561,8 @@ struct NSABackwardContext: @unchecked Sendable {
     let x: NSAPointers
     let dO: UnsafePointer<Float>        // [B, Tq, Hq, dv]
     let sigma: UnsafePointer<Float>     // [B, Tq, Hq, 3]
-    let delta: UnsafePointer<Float>     // [3, B, Hq, Tq]
-    let lse: UnsafePointer<Float>       // [3, B, Hq, Tq]
+    let delta: UnsafePointer<Float>     // [3, B, Tq, Hq]
+    let lse: UnsafePointer<Float>       // [3, B, Tq, Hq]
 
     init(plan: NSAPlan, x: NSAPointers, dO: UnsafeMutablePointer<Float>, sigma: UnsafeMutablePointer<Float>,
          delta: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
@@ -533,10 +580,9 @@ struct NSABackwardContext: @unchecked Sendable {
             let h = hk * G + g
             let row = (b * p.Tq + t) * p.Hq + h
             let sg = sigma[row * 3 + c]
-            let src = dO + row * dv, dst = w.dOp + (r + g) * dv
-            for e in 0..<dv { dst[e] = sg * src[e] }
-            w.lseg[r + g] = lse[c * stride + (b * p.Hq + h) * p.Tq + t]
-            w.deltag[r + g] = delta[c * stride + (b * p.Hq + h) * p.Tq + t]
+            NSALanes.scaledCopy(w.dOp + (r + g) * dv, dO + row * dv, sg, dv)
+            w.lseg[r + g] = lse[c * stride + row]
+            w.deltag[r + g] = delta[c * stride + row]
         }
         if let q { nsaPackQueryRows(p, x.q, b: b, hk: hk, t: t, scale: p.scale, into: q + r * p.dk) }
     }
@@ -551,7 +597,7 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
     var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
 
     // Compressed branch.
-    let kcBase = ctx.x.kc + (b * plan.Nc * Hk + hk) * dk, vcBase = ctx.x.vc + (b * plan.Nc * Hk + hk) * dv
+    let kcBase = ctx.x.kc + (b * plan.Nc * Hk + hk) * dk
     let tile = plan.cmpTile(visible: o.visibleCompressed(position: plan.position(t1 - 1)))
     var ta = t0
     while ta < t1 {
@@ -565,8 +611,9 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
                 let nv = Int32(o.visibleCompressed(position: plan.position(t)))
                 for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = nv }
             }
-            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk, k: kcBase, ldk: Hk * dk,
-                                 v: vcBase, ldv: Hk * dv, dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+                                 kt: ctx.x.kcT.at(b, hk), ldkt: plan.Nc, k: kcBase, ldk: Hk * dk,
+                                 vt: ctx.x.vcT!.at(b, hk), ldvt: plan.Nc, dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                                  dq: w.dq + (ta - t0) * G * dk, lddq: dk)
         }
         ta = tb
@@ -591,10 +638,11 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
             rows.count = r
             w.pv.update(repeating: 0, count: r * dk)
             nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qg,
+                                 kt: ctx.x.ksT.at(b, hk) + key0, ldkt: plan.Tk,
                                  k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
-                                 v: ctx.x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldv: Hk * dv,
+                                 vt: ctx.x.vsT!.at(b, hk) + key0, ldvt: plan.Tk,
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk)
-            for i in 0..<r { simdAxpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
+            for i in 0..<r { NSALanes.axpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
         }
     }
 
@@ -614,8 +662,9 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
             }
             rows.count = rowsT
             nsaTileBackwardQuery(rows: rows, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+                                 kt: ctx.x.kwT.at(b, hk) + k0, ldkt: plan.Tk,
                                  k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
-                                 v: ctx.x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
+                                 vt: ctx.x.vwT!.at(b, hk) + k0, ldvt: plan.Tk,
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                                  dq: w.dq + (ta - t0) * G * dk, lddq: dk)
             k0 = k1
@@ -649,8 +698,7 @@ func nsaBackwardCompressedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: In
             for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
         }
         nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           k: ctx.x.kc + ((b * plan.Nc + i0) * Hk + hk) * dk, ldk: Hk * dk,
-                           v: ctx.x.vc + ((b * plan.Nc + i0) * Hk + hk) * dv, ldv: Hk * dv,
+                           kt: ctx.x.kcT.at(b, hk) + i0, ldkt: plan.Nc, vt: ctx.x.vcT!.at(b, hk) + i0, ldvt: plan.Nc,
                            dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                            dK: dK + ((b * plan.Nc + i0) * Hk + hk) * dk, lddk: Hk * dk,
                            dV: dV + ((b * plan.Nc + i0) * Hk + hk) * dv, lddv: Hk * dv)
@@ -676,8 +724,7 @@ func nsaBackwardSelectedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int,
             for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
         }
         nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
-                           v: ctx.x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldv: Hk * dv,
+                           kt: ctx.x.ksT.at(b, hk) + key0, ldkt: plan.Tk, vt: ctx.x.vsT!.at(b, hk) + key0, ldvt: plan.Tk,
                            dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                            dK: dK + ((b * plan.Tk + key0) * Hk + hk) * dk, lddk: Hk * dk,
                            dV: dV + ((b * plan.Tk + key0) * Hk + hk) * dv, lddv: Hk * dv)
@@ -705,8 +752,7 @@ func nsaBackwardWindowKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
             for g in 0..<G { w.lo[r + g] = Int32(a - k0); w.hi[r + g] = Int32(max(a, e) - k0) }
         }
         nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
-                           v: ctx.x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
+                           kt: ctx.x.kwT.at(b, hk) + k0, ldkt: plan.Tk, vt: ctx.x.vwT!.at(b, hk) + k0, ldvt: plan.Tk,
                            dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                            dK: dK + ((b * plan.Tk + k0) * Hk + hk) * dk, lddk: Hk * dk,
                            dV: dV + ((b * plan.Tk + k0) * Hk + hk) * dv, lddv: Hk * dv)

@@ -1,10 +1,17 @@
 // Row-interval attention tiles: the BLAS-backed building blocks of the fast NSA kernels.
 //
-// A tile is M query rows q [M, dk] (packed, already multiplied by the softmax scale) against nk keys
-// k [nk, dk] (row stride ldk) and values v [nk, dv] (row stride ldv). Row r may only use keys
-// lo[r] ..< hi[r] (an empty interval is allowed). Every NSA branch has this shape:
+// A tile is M query rows q [M, dk] (packed, already multiplied by the softmax scale) against nk keys,
+// given transposed as kt [dk, nk] (row stride ldkt) for S = q·kt, and in natural layout k [nk, dk]
+// (row stride ldk) where dQ needs it; values v [nk, dv] (ldv) and, for the backward, vt [dv, nk]
+// (ldvt). Row r may only use keys lo[r] ..< hi[r] (an empty interval is allowed). Every NSA branch
+// has this shape:
 //   compressed: keys 0 ..< (visible blocks of p);  window: keys p − w + 1 ... p;
 //   selected:   the rows of the queries that chose a block, keys of that block up to p.
+//
+// Every product is a row-major NN or TN sgemm cut into blocks of at most 128×64×64 (`nsaGemm`): in
+// that range OpenBLAS takes its small-matrix path (M·N·K ≤ 10⁶, no packing), measured ~1.3–1.5×
+// faster at these shapes than one larger call, while NT products of these sizes take the slow
+// packed path — hence the transposed copies of K and V.
 //
 // Forward: S = q kᵀ (sgemm); online softmax per row (running max m and sum ℓ; the accumulator is
 // rescaled by e^(m − m′) when the max moves); acc += P v (sgemm).
@@ -29,19 +36,19 @@ func nsaExpRow(_ row: UnsafeMutablePointer<Float>, count nk: Int, lo: Int, hi: I
     var a0 = F16(), a1 = F16()
     var i = lo
     while i + 32 <= hi {
-        let e0 = fastExp(load16(row + i) - sh), e1 = fastExp(load16(row + i + 16) - sh)
-        store16(row + i, e0); store16(row + i + 16, e1)
+        let e0 = NSALanes.exp(NSALanes.load(row + i) - sh), e1 = NSALanes.exp(NSALanes.load(row + i + 16) - sh)
+        NSALanes.store(row + i, e0); NSALanes.store(row + i + 16, e1)
         a0 += e0; a1 += e1
         i += 32
     }
     while i + 16 <= hi {
-        let e = fastExp(load16(row + i) - sh)
-        store16(row + i, e); a0 += e
+        let e = NSALanes.exp(NSALanes.load(row + i) - sh)
+        NSALanes.store(row + i, e); a0 += e
         i += 16
     }
     var sum = (a0 + a1).sum()
     if i < hi {
-        let e = fastExp(load16(row + i) - sh)
+        let e = NSALanes.exp(NSALanes.load(row + i) - sh)
         for k in 0..<(hi - i) { row[i + k] = e[k]; sum += e[k] }
     }
     if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
@@ -55,11 +62,42 @@ func nsaProbRow(_ row: UnsafeMutablePointer<Float>, count nk: Int, lo: Int, hi: 
     _ = nsaExpRow(row, count: nk, lo: lo, hi: hi, shift: lse)
 }
 
-/// S = q kᵀ for a tile: s [M, nk] (row stride nk).
+/// C [m, n] (ldc) = op(A)·B + beta·C, with op(A) = A [m, k] (lda) or, when transA, Aᵀ for A stored
+/// [k, m]; B [k, n] (ldb). Cut into blocks of ≤ 128 × 64 × 64 so every sgemm call stays on
+/// OpenBLAS's small-matrix path; blocks along k accumulate in a fixed order (deterministic).
 @inline(__always)
-func nsaTileScores(rows M: Int, keys nk: Int, dk: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, ldk: Int,
+func nsaGemm(transA: Bool = false, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+             b: UnsafePointer<Float>, ldb: Int, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if m == 0 || n == 0 { return }
+    let mb = 128, nb = 64, kb = 64
+    var i0 = 0
+    while i0 < m {
+        let mi = min(mb, m - i0)
+        var j0 = 0
+        while j0 < n {
+            let nj = min(nb, n - j0)
+            if k == 0 {
+                gemm(m: mi, n: nj, k: 0, a: a, lda: 1, b: b, ldb: ldb, beta: beta, c: c + i0 * ldc + j0, ldc: ldc)
+            }
+            var k0 = 0
+            while k0 < k {
+                let kk = min(kb, k - k0)
+                let aBlock = transA ? a + k0 * lda + i0 : a + i0 * lda + k0
+                gemm(transA: transA, m: mi, n: nj, k: kk, a: aBlock, lda: lda, b: b + k0 * ldb + j0, ldb: ldb,
+                     beta: k0 == 0 ? beta : 1, c: c + i0 * ldc + j0, ldc: ldc)
+                k0 += kk
+            }
+            j0 += nj
+        }
+        i0 += mi
+    }
+}
+
+/// S = q kᵀ for a tile from the transposed keys kt [dk, nk] (ldkt): s [M, nk] (row stride nk).
+@inline(__always)
+func nsaTileScores(rows M: Int, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: UnsafePointer<Float>, ldkt: Int,
                    s: UnsafeMutablePointer<Float>) {
-    gemm(transB: true, m: M, n: nk, k: dk, a: q, lda: dk, b: k, ldb: ldk, c: s, ldc: nk)
+    nsaGemm(m: M, n: nk, k: dk, a: q, lda: dk, b: kt, ldb: ldkt, c: s, ldc: nk)
 }
 
 /// Online-softmax update of M packed rows from their scores s [M, nk] (overwritten with P).
@@ -72,10 +110,10 @@ func nsaOnlineRows(rows: NSARows, keys nk: Int, s: UnsafeMutablePointer<Float>, 
         let row = s + r * nk
         let lo = Int(rows.lo[r]), hi = Int(rows.hi[r])
         if lo >= hi { row.update(repeating: 0, count: nk); alpha[r] = 1; continue }
-        let mx = simdMax(row + lo, hi - lo)
+        let mx = NSALanes.max(row + lo, hi - lo)
         let mOld = m[r]
         let mNew = mOld > mx ? mOld : mx
-        let a: Float = mOld == -.infinity ? 0 : fastExp(mOld - mNew)
+        let a: Float = mOld == -.infinity ? 0 : NSALanes.exp(mOld - mNew)
         let sum = nsaExpRow(row, count: nk, lo: lo, hi: hi, shift: mNew)
         l[r] = l[r] * a + sum
         m[r] = mNew
@@ -87,22 +125,22 @@ func nsaOnlineRows(rows: NSARows, keys nk: Int, s: UnsafeMutablePointer<Float>, 
 /// scores, online softmax, acc = α·acc + P v.
 @inline(__always)
 func nsaTileForward(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                    k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int,
+                    kt: UnsafePointer<Float>, ldkt: Int, v: UnsafePointer<Float>, ldv: Int,
                     s: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, l: UnsafeMutablePointer<Float>,
                     alpha: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>, ldacc: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileScores(rows: M, keys: nk, dk: dk, q: q, k: k, ldk: ldk, s: s)
+    nsaTileScores(rows: M, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, s: s)
     nsaOnlineRows(rows: rows, keys: nk, s: s, m: m, l: l, alpha: alpha)
-    for r in 0..<M where alpha[r] != 1 { simdScale(acc + r * ldacc, alpha[r], dv) }
-    gemm(m: M, n: dv, k: nk, a: s, lda: nk, b: v, ldb: ldv, beta: 1, c: acc, ldc: ldacc)
+    for r in 0..<M where alpha[r] != 1 { NSALanes.scale(acc + r * ldacc, alpha[r], dv) }
+    nsaGemm(m: M, n: dv, k: nk, a: s, lda: nk, b: v, ldb: ldv, beta: 1, c: acc, ldc: ldacc)
 }
 
 /// P of the backward for a tile: s [M, nk] ← exp(q kᵀ − lse) inside each row's interval.
 @inline(__always)
-func nsaTileProbabilities(rows: NSARows, keys nk: Int, dk: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
-                          ldk: Int, lse: UnsafePointer<Float>, s: UnsafeMutablePointer<Float>) {
-    nsaTileScores(rows: rows.count, keys: nk, dk: dk, q: q, k: k, ldk: ldk, s: s)
+func nsaTileProbabilities(rows: NSARows, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: UnsafePointer<Float>,
+                          ldkt: Int, lse: UnsafePointer<Float>, s: UnsafeMutablePointer<Float>) {
+    nsaTileScores(rows: rows.count, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, s: s)
     for r in 0..<rows.count {
         nsaProbRow(s + r * nk, count: nk, lo: Int(rows.lo[r]), hi: Int(rows.hi[r]), lse: lse[r])
     }
@@ -116,7 +154,7 @@ func nsaTileScoreGradient(rows M: Int, keys nk: Int, p: UnsafePointer<Float>, dp
         let pr = p + r * nk, dr = dp + r * nk
         let d = F16(repeating: delta[r])
         var i = 0
-        while i + 16 <= nk { store16(dr + i, load16(pr + i) * (load16(dr + i) - d)); i += 16 }
+        while i + 16 <= nk { NSALanes.store(dr + i, NSALanes.load(pr + i) * (NSALanes.load(dr + i) - d)); i += 16 }
         while i < nk { dr[i] = pr[i] * (dr[i] - delta[r]); i += 1 }
     }
 }
@@ -124,30 +162,31 @@ func nsaTileScoreGradient(rows M: Int, keys nk: Int, p: UnsafePointer<Float>, dp
 /// Query side of the backward: dq [M, dk] (row stride lddq) += dS k. dO is packed [M, dv].
 @inline(__always)
 func nsaTileBackwardQuery(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                          k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int,
+                          kt: UnsafePointer<Float>, ldkt: Int, k: UnsafePointer<Float>, ldk: Int,
+                          vt: UnsafePointer<Float>, ldvt: Int,
                           dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>,
                           s: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>,
                           dq: UnsafeMutablePointer<Float>, lddq: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, k: k, ldk: ldk, lse: lse, s: s)
-    gemm(transB: true, m: M, n: nk, k: dv, a: dO, lda: dv, b: v, ldb: ldv, c: dp, ldc: nk)
+    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, lse: lse, s: s)
+    nsaGemm(m: M, n: nk, k: dv, a: dO, lda: dv, b: vt, ldb: ldvt, c: dp, ldc: nk)
     nsaTileScoreGradient(rows: M, keys: nk, p: s, dp: dp, delta: delta)
-    gemm(m: M, n: dk, k: nk, a: dp, lda: nk, b: k, ldb: ldk, beta: 1, c: dq, ldc: lddq)
+    nsaGemm(m: M, n: dk, k: nk, a: dp, lda: nk, b: k, ldb: ldk, beta: 1, c: dq, ldc: lddq)
 }
 
 /// Key side of the backward: dK [nk, dk] (row stride lddk) += dSᵀ q, dV [nk, dv] (lddv) += Pᵀ dO.
 @inline(__always)
 func nsaTileBackwardKey(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                        k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int,
+                        kt: UnsafePointer<Float>, ldkt: Int, vt: UnsafePointer<Float>, ldvt: Int,
                         dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>,
                         s: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>,
                         dK: UnsafeMutablePointer<Float>, lddk: Int, dV: UnsafeMutablePointer<Float>, lddv: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, k: k, ldk: ldk, lse: lse, s: s)
-    gemm(transA: true, m: nk, n: dv, k: M, a: s, lda: nk, b: dO, ldb: dv, beta: 1, c: dV, ldc: lddv)
-    gemm(transB: true, m: M, n: nk, k: dv, a: dO, lda: dv, b: v, ldb: ldv, c: dp, ldc: nk)
+    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, lse: lse, s: s)
+    nsaGemm(transA: true, m: nk, n: dv, k: M, a: s, lda: nk, b: dO, ldb: dv, beta: 1, c: dV, ldc: lddv)
+    nsaGemm(m: M, n: nk, k: dv, a: dO, lda: dv, b: vt, ldb: ldvt, c: dp, ldc: nk)
     nsaTileScoreGradient(rows: M, keys: nk, p: s, dp: dp, delta: delta)
-    gemm(transA: true, m: nk, n: dk, k: M, a: dp, lda: nk, b: q, ldb: dk, beta: 1, c: dK, ldc: lddk)
+    nsaGemm(transA: true, m: nk, n: dk, k: M, a: dp, lda: nk, b: q, ldb: dk, beta: 1, c: dK, ldc: lddk)
 }

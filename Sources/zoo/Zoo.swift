@@ -28,7 +28,7 @@ struct Zoo: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, measured side by side in one run (build with -c release).",
-        subcommands: [BenchCore.self])
+        subcommands: [BenchCore.self, BenchNSA.self])
 }
 
 struct BenchCore: ParsableCommand {
