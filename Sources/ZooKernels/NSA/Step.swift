@@ -165,10 +165,10 @@ public func nsaDecodeStep(q: Tensor, gates: Tensor, cache c: NSADecodeCache)
     let outP = out.mutablePointer()
     var selection = [Int32](repeating: -1, count: B * Hk * n)
     let nb = current + 1
-    let map = NSAScoreMap(compressed: Nc, options: o)
+    let map = NSAScoreMap(blocks: nb, options: o)
     var logits = [Float](repeating: 0, count: max(Nc, o.selectCount * o.selectBlock, o.window, 1))
     var pSum = [Float](repeating: 0, count: max(Nc, 1))
-    var scores = [Float](repeating: 0, count: nb + map.span)
+    var scores = [Float](repeating: 0, count: nb)
     var qs = [Float](repeating: 0, count: dk)
     var branch = [Float](repeating: 0, count: 3 * dv)
     var selectedTokens = 0
@@ -216,12 +216,8 @@ public func nsaDecodeStep(q: Tensor, gates: Tensor, cache c: NSADecodeCache)
             // Selection (Eq. 9–11), the same rule and arithmetic order as the parallel kernel.
             let sel = selection.withUnsafeMutableBufferPointer { sb -> Int in
                 scores.withUnsafeMutableBufferPointer { scb in
-                    scb.update(repeating: 0)
                     if current + 1 > n {
-                        for i in 0..<Nc {
-                            let j0 = Int(map.firstBlock[i])
-                            for k in 0..<map.span { scb[j0 + k] += pSum[i] * map.weights[i * map.span + k] }
-                        }
+                        pSum.withUnsafeBufferPointer { map.scores(pSum: $0.baseAddress!, visible: Nc, current: current, into: scb.baseAddress!) }
                     }
                     return nsaTopBlocks(scores: scb.baseAddress!, position: p, options: o, out: sb.baseAddress! + (b * Hk + hk) * n)
                 }
