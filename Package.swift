@@ -45,6 +45,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -58,12 +59,24 @@ let package = Package(
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
                 swiftSettings: optimised),
-        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "CBLAS"], swiftSettings: optimised),
+        .target(name: "ZooModels", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"],
+                swiftSettings: optimised),
+        .target(name: "ZooExperiment", dependencies: ["ZooTensor", "ZooNN", "ZooMixers", .product(name: "Yams", package: "Yams")],
+                swiftSettings: optimised),
+        .target(name: "ZooBench", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN", "ZooMixers", "ZooModels", "ZooExperiment", "CBLAS"], swiftSettings: optimised),
+        // Data sources (MQAR, byte-level text) and checkpoint files (safetensors): plain Swift over
+        // ZooTensor, so evaluation and tools can read data and checkpoints without the training stack.
+        .target(name: "ZooData", dependencies: ["ZooTensor"], swiftSettings: optimised),
+        .target(name: "ZooCheckpoint", dependencies: ["ZooTensor"], swiftSettings: optimised),
+        .target(name: "ZooTraining", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers", "ZooModels",
+                                                   "ZooData", "ZooCheckpoint", "ZooExperiment",
+                                                   .product(name: "Yams", package: "Yams")],
+                swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
         .executableTarget(name: "zoo", dependencies: [
-            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooBench", "CBLAS",
+            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooModels", "ZooData", "ZooExperiment", "ZooTraining", "ZooBench", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -73,6 +86,12 @@ let package = Package(
         .testTarget(name: "ZooKernelsTests", dependencies: ["ZooKernels", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
+        .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
+        .testTarget(name: "ZooTrainingTests", dependencies: ["ZooTraining", "ZooCheckpoint", "ZooTestSupport"]),
+        .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
+        .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
+        .testTarget(name: "ZooCheckpointTests", dependencies: ["ZooCheckpoint", "ZooTestSupport"],
+                    resources: [.copy("Fixtures")]),
     ]
 )

@@ -72,6 +72,8 @@ public struct MixerContext: Sendable {
 public protocol MixerConfig: Codable, Sendable {
     /// The YAML `type:` tag, e.g. `attention`, `mamba`, `mamba2`, `loglinear_mamba2`, `nsa`.
     static var typeName: String { get }
+    /// Every key at its default (a config may name a mixer by its type alone).
+    init()
     /// Every key this config accepts, with a one-line description and default (README reference).
     static var keyReference: [(key: String, description: String)] { get }
     /// Checks values against the model width; the message names the key and what is allowed.
@@ -118,6 +120,15 @@ public struct AnyMixerConfig: Codable, Sendable {
     enum TypeKey: String, CodingKey { case type }
 
     public init(from decoder: Decoder) throws {
+        // A bare type name (`mixer: mamba`) means that mixer with every key at its default.
+        if let single = try? decoder.singleValueContainer(), let name = try? single.decode(String.self) {
+            guard let type = MixerRegistry.configType(named: name) else {
+                throw DecodingError.dataCorruptedError(
+                    in: single, debugDescription: "unknown mixer type '\(name)'; allowed: \(MixerRegistry.typeNames.joined(separator: ", "))")
+            }
+            config = type.init()
+            return
+        }
         let container = try decoder.container(keyedBy: TypeKey.self)
         let name = try container.decode(String.self, forKey: .type)
         guard let type = MixerRegistry.configType(named: name) else {

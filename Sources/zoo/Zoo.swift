@@ -22,13 +22,14 @@ struct Zoo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "zoo",
         abstract: "Compare sequence mixers (attention, Mamba, Mamba-2, log-linear, NSA) on one CPU harness.",
-        subcommands: [Bench.self])
+        subcommands: [Train.self, Bench.self, ConfigCommand.self],
+        defaultSubcommand: nil)
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, measured side by side in one run (build with -c release).",
-        subcommands: [BenchCore.self, BenchNSA.self])
+        subcommands: [BenchCore.self, BenchTrain.self, BenchNSA.self])
 }
 
 struct BenchCore: ParsableCommand {
@@ -42,5 +43,21 @@ struct BenchCore: ParsableCommand {
     func run() throws {
         try common.apply()
         print(runCoreBenchmark(quick: quick))
+    }
+}
+
+struct BenchTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "One training step per mixer on the tiny LM of the peer benchmark, tokens/s vs PyTorch.")
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Mixers to time (default: every registered mixer).")
+    var mixer: [String] = []
+    @Option(help: "Timed steps per mixer (median reported).")
+    var steps = 3
+
+    func run() throws {
+        try common.apply()
+        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps))
     }
 }

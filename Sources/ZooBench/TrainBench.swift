@@ -1,0 +1,92 @@
+import Foundation
+import CBLAS
+import ZooTensor
+import ZooAutograd
+import ZooNN
+import ZooMixers
+import ZooModels
+import ZooExperiment
+
+/// `zoo bench train`: one AdamW training step per mixer on the tiny LM of ../shared/bench/PEERS.md
+/// (vocab 256, d_model 128, 4 layers of mixer + MLP, RMSNorm, B = 8, L = 512), in tokens/s, with the
+/// model's matmul FLOPs per second against the sgemm ceiling measured in the same run.
+///
+/// Mixer settings follow the peer's: attention 2 heads × 64 (no positional encoding, as the peer);
+/// Mamba expand 2 (E = 256), N = 16, dt rank 8, conv 4; Mamba-2 and log-linear 4 heads × 64, N = 64,
+/// conv 4, chunk 64; NSA 2 query heads, 1 KV head × 64, paper block sizes.
+public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8, length: Int = 512, steps: Int = 3) throws -> String {
+    let peerSettings: [String: String] = [
+        "attention": "{type: attention, heads: 2, kv_heads: 2, head_dim: 64, rotary: false}",
+        "mamba": "{type: mamba, d_state: 16, expand: 2, dt_rank: 8, d_conv: 4}",
+        "mamba2": "{type: mamba2, d_state: 64, head_dim: 64, expand: 2, chunk: 64}",
+        "loglinear_mamba2": "{type: loglinear_mamba2, d_state: 64, head_dim: 64, expand: 2, chunk: 64}",
+        "nsa": "{type: nsa, heads: 2, kv_heads: 1, head_dim: 64}",
+    ]
+    let peerTokensPerSecond: [String: Double] = ["attention": 15198, "mamba2": 8266, "loglinear_mamba2": 6489, "mamba": 1561, "nsa": 380]
+    let names = (requested ?? MixerRegistry.typeNames).filter { MixerRegistry.configType(named: $0) != nil }
+    var report = [benchmarkHeader("zoo bench train (vocab 256, d_model 128, 4 layers, B=\(batch), L=\(length), AdamW)")]
+
+    // The sgemm ceiling of this machine right now (OpenBLAS with all threads, 1024²).
+    let n = 1024
+    var g = SeededGenerator(seed: 1)
+    let a = Tensor.normal([n, n], generator: &g), b = Tensor.normal([n, n], generator: &g)
+    var c = Tensor.zeros([n, n])
+    let pc = c.mutablePointer()
+    let ceilingTime = withBLASThreads(ZooThreads.count) {
+        measure(repeats: 5, minSeconds: 0.3) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a.pointer, Int32(n), b.pointer, Int32(n), 0, pc, Int32(n))
+        }.median
+    }
+    usleep(150_000)
+    let ceiling = 2.0 * Double(n * n * n) / ceilingTime / 1e9
+
+    var table = Table(["mixer", "params", "step ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "% of sgemm"])
+    for name in names {
+        let mixerYAML = peerSettings[name] ?? name
+        let yaml = """
+        model: {d_model: 128, n_layers: 4, mixer: \(mixerYAML), mlp: gelu, mlp_hidden: 512}
+        data: {task: text, seq_len: \(length)}
+        train: {batch_size: \(batch)}
+        """
+        let config: ExperimentConfig
+        do { config = try ConfigLoader.load(yaml: yaml, file: "bench-train(\(name))") }
+        catch { report.append("\(name): skipped (\(error))"); continue }
+        let shape = ModelShape(vocabularySize: 256, dModel: 128, mixers: config.model.layerMixers, mlp: .gelu, mlpHidden: 512)
+        let model = LanguageModel(shape, seed: 0)
+        let params = model.namedParameters()
+        var opt = AdamW(weightDecay: 0.1)
+        var rng = SeededGenerator(seed: 2)
+        let ids = (0..<(batch * (length + 1))).map { _ in rng.nextInt(below: 256) }
+        var inputs: [Int] = [], targets: [Int] = []
+        for r in 0..<batch {
+            let start: Int = r * (length + 1)
+            inputs += ids[start..<(start + length)]
+            targets += ids[(start + 1)..<(start + length + 1)]
+        }
+        func trainingStep() {
+            let loss = model.loss(inputs, targets: targets, batch: batch, length: length)
+            loss.backward()
+            clipGradientNorm(params, maxNorm: 1)
+            opt.step(params, learningRate: 1e-3)
+            for p in params { p.variable.zeroGrad() }
+        }
+        let t = measure(warmup: 1, repeats: steps, minSeconds: 0) { trainingStep() }.median
+        let tokens = Double(batch * length)
+        // Matmul FLOPs of a step: 6 per weight per token for the dense layers and the tied head,
+        // plus attention's score and value products (causal: 2·T²·d forward, ×3.5 with backward).
+        let nonEmbedding = Double(params.filter { $0.name != "embedding.weight" }.reduce(0) { $0 + $1.variable.value.count })
+        var flops = 6 * (nonEmbedding + 256 * 128) * tokens
+        if name == "attention" {
+            let perLayer: Double = 3.5 * 2 * Double(batch) * 2 * Double(length) * Double(length) * 64   // H = 2, d = 64
+            flops += 4 * perLayer
+        }
+        let gflops = flops / t / 1e9
+        let peer = peerTokensPerSecond[name]
+        table.add([name, String(model.parameterCount), fmt(t * 1000), fmt(tokens / t, 0), peer.map { fmt($0, 0) } ?? "–",
+                   peer.map { fmt(tokens / t / $0, 2) } ?? "–", fmt(gflops), fmt(100 * gflops / ceiling)])
+    }
+    report.append("sgemm ceiling (1024², \(ZooThreads.count) OpenBLAS threads): \(fmt(ceiling)) GFLOP/s")
+    report.append(table.render())
+    report.append("goals: attention ≥ 1.3× PyTorch (~78 % of the ceiling), mamba2 and log-linear ≥ 2×, mamba ≥ 10×, nsa ≥ 20×")
+    return report.joined(separator: "\n")
+}
