@@ -144,7 +144,6 @@ final class NSAScratch {
 
     init(_ plan: NSAPlan, backward: Bool) {
         let rows = max(plan.chunk, plan.keyPassQueries) * plan.G
-        let mapSpan = (plan.o.compressBlock + plan.o.selectBlock - 2) / plan.o.selectBlock + 1
         var owned: [ScratchBuffer] = []
         func floats(_ n: Int) -> UnsafeMutablePointer<Float> {
             let b = ScratchBuffer(count: n + 16, zeroed: false)
@@ -165,7 +164,7 @@ final class NSAScratch {
         dOp = backward ? floats(rows * plan.dv) : acc
         dq = backward ? floats(rows * plan.dk) : qg
         pSum = floats(plan.Nc)
-        scoreRow = floats(plan.nb + mapSpan)
+        scoreRow = floats(plan.nb)
         lo = ints(rows); hi = ints(rows); rowIndex = ints(rows)
         counts = ints(plan.nb + 1); starts = ints(plan.nb + 1); entries = ints(plan.chunk * plan.o.selectCount)
         buffers = owned
@@ -251,14 +250,12 @@ public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), sel
     let ptr = NSAPointers(x, transposeValues: false)
     let out = SendablePointer(output.mutablePointer()), br = SendablePointer(branches.mutablePointer())
     let ls = SendablePointer(lse.mutablePointer())
-    let scoreMap = NSAScoreMap(compressed: plan.Nc, options: o)
+    let scoreMap = NSAScoreMap(blocks: plan.nb, options: o)
     let groups = plan.B * plan.Hk, chunks = plan.chunks
     selection.indices.withUnsafeMutableBufferPointer { selBuf in
         let sel = SendablePointer(selBuf.baseAddress!)
-        scoreMap.firstBlock.withUnsafeBufferPointer { first in
-            scoreMap.weights.withUnsafeBufferPointer { weights in
-                let map = (first: SendablePointer(UnsafeMutablePointer(mutating: first.baseAddress!)),
-                           weights: SendablePointer(UnsafeMutablePointer(mutating: weights.baseAddress!)), span: scoreMap.span)
+        do {
+                let map = scoreMap
                 nsaParallelWorkers(items: groups * chunks) { next in
                     let w = NSAScratch(plan, backward: false)
                     while let item = next() {
@@ -266,11 +263,9 @@ public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), sel
                         let bh = item % groups, c = chunks - 1 - item / groups
                         nsaForwardChunk(plan, ptr, w, b: bh / plan.Hk, hk: bh % plan.Hk, chunk: c,
                                         selection: sel.pointer + bh * plan.Tq * o.selectCount, choose: given == nil,
-                                        mapFirst: map.first.pointer, mapWeights: map.weights.pointer, mapSpan: map.span,
-                                        out: out.pointer, branches: br.pointer, lse: ls.pointer)
+                                        map: map, out: out.pointer, branches: br.pointer, lse: ls.pointer)
                     }
                 }
-            }
         }
     }
     withExtendedLifetime(x) {}
@@ -279,8 +274,7 @@ public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), sel
 
 func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int, hk: Int, chunk c: Int,
                      selection: UnsafeMutablePointer<Int32>, choose: Bool,
-                     mapFirst: UnsafePointer<Int32>, mapWeights: UnsafePointer<Float>, mapSpan: Int,
-                     out: UnsafeMutablePointer<Float>, branches: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
+                     map: NSAScoreMap, out: UnsafeMutablePointer<Float>, branches: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>) {
     let o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
     let t0 = c * plan.chunk, t1 = min(plan.Tq, t0 + plan.chunk), nq = t1 - t0, M = nq * G
     let branchStride = plan.B * plan.Tq * plan.Hq * dv, lseStride = plan.B * plan.Hq * plan.Tq
@@ -344,18 +338,14 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                     _ = nsaTopBlocks(scores: w.scoreRow, position: p, options: o, out: selRow)
                     continue
                 }
-                // Group importance: sum the G heads' probabilities, then spread over blocks (Eq. 9–10).
+                // Group importance: sum the G heads' probabilities, then gather per block (Eq. 9–10).
                 let nv = o.visibleCompressed(position: p)
-                w.scoreRow.update(repeating: 0, count: current + mapSpan)
                 if nv > 0 {
                     let base = s + (t - ta) * G * nk
                     w.pSum.update(from: base, count: nv)
                     for g in 1..<max(G, 1) { NSALanes.axpy(1, base + g * nk, w.pSum, nv) }
-                    for i in 0..<nv {
-                        let j0 = Int(mapFirst[i]), pi = w.pSum[i]
-                        for k in 0..<mapSpan { w.scoreRow[j0 + k] += pi * mapWeights[i * mapSpan + k] }
-                    }
                 }
+                map.scores(pSum: w.pSum, visible: nv, current: current, into: w.scoreRow)
                 _ = nsaTopBlocks(scores: w.scoreRow, position: p, options: o, out: selRow)
             }
         }
