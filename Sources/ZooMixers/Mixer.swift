@@ -102,6 +102,7 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 /// The mixers zoo knows, by YAML `type:`. Adding a mixer is one line here.
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
+        NSAMixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }
