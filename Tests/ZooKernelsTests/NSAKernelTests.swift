@@ -36,6 +36,7 @@ let nsaShapes: [NSAShape] = [
     NSAShape(B: 1, Tq: 1, Tk: 1, Hq: 2, Hk: 2, dk: 4, dv: 4),      // T = 1
     NSAShape(B: 1, Tq: 13, Tk: 50, Hq: 3, Hk: 1, dk: 5, dv: 7),    // queries are the last 13 positions
     NSAShape(B: 1, Tq: 300, Tk: 300, Hq: 4, Hk: 1, dk: 16, dv: 16), // several chunks and tiles
+    NSAShape(B: 1, Tq: 1100, Tk: 1100, Hq: 2, Hk: 1, dk: 8, dv: 8),  // five chunks: several backward parts
 ]
 
 @Suite struct NSAKernelTests {

@@ -75,6 +75,16 @@ struct NSAPlan {
         windowKeys = max(16, scoreCapacity / (windowTile * G))
     }
 
+    /// Query parts of the backward: as many as a 64 MB budget of private key-gradient buffers
+    /// allows (the selected branch's reach the whole prefix), at least 4 work items, at most one
+    /// per chunk. A function of the shapes only, so results never depend on the thread count.
+    var backwardParts: Int {
+        let perPart = max(1, Tk * (dk + dv) * 4 * B * Hk)
+        var parts = max(1, min(chunks, (64 << 20) / perPart))
+        if B * Hk * parts < 4 { parts = min(chunks, (4 + B * Hk - 1) / (B * Hk)) }
+        return parts
+    }
+
     @inline(__always) func position(_ t: Int) -> Int { t + off }
     var chunks: Int { (Tq + chunk - 1) / chunk }
     /// Compressed-branch query tile: as many queries as fit the score buffer at this width.
@@ -429,12 +439,42 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
 
 // MARK: - Backward
 
+/// Where one query part accumulates its key-side gradients: private buffers for the keys its
+/// queries can reach, summed over the parts (in part order) once every part is done.
+///   compressed: rows 0 ..< cmpRows;  selected: rows 0 ..< selRows;  window: rows winLo ..< winLo + winRows.
+final class NSAKeyPartials: @unchecked Sendable {
+    let cmpRows: Int, selRows: Int, winLo: Int, winRows: Int
+    let kc, vc, ks, vs, kw, vw: UnsafeMutablePointer<Float>
+    private let buffers: [ScratchBuffer]
+
+    init(_ plan: NSAPlan, firstQuery t0: Int, lastQuery t1: Int) {
+        let o = plan.o, dk = plan.dk, dv = plan.dv
+        let pFirst = plan.position(t0), pLast = plan.position(t1)
+        cmpRows = o.visibleCompressed(position: pLast)
+        selRows = min(plan.Tk, (pLast / o.selectBlock + 1) * o.selectBlock)
+        winLo = max(0, pFirst - o.window + 1)
+        winRows = pLast + 1 - winLo
+        var owned: [ScratchBuffer] = []
+        func zeros(_ n: Int) -> UnsafeMutablePointer<Float> { let b = ScratchBuffer(count: max(n, 1)); owned.append(b); return b.pointer }
+        kc = zeros(cmpRows * dk); vc = zeros(cmpRows * dv)
+        ks = zeros(selRows * dk); vs = zeros(selRows * dv)
+        kw = zeros(winRows * dk); vw = zeros(winRows * dv)
+        buffers = owned
+    }
+}
+
 /// NSA backward (fast) with the forward's selection fixed: gradients of sum(output · dOutput).
+///
+/// Queries are split into parts (a number fixed by the shapes and a memory budget, never by the
+/// thread count). A part runs its chunks like the forward and, from the same P and dS tiles,
+/// accumulates dQ (which it owns) and dK/dV into private buffers for the keys it reaches; the
+/// parts' buffers are then summed in part order. Five products per (query row, key) — the two
+/// separate passes a single owner per dK row would need cost seven.
 public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradient dOut: Tensor,
                         options o: NSAOptions = NSAOptions()) -> NSAGradients {
     x.validate("nsaBackward", o)
     let plan = NSAPlan(x, o)
-    let B = plan.B, Tq = plan.Tq, Hq = plan.Hq, Hk = plan.Hk, dv = plan.dv
+    let B = plan.B, Tq = plan.Tq, Hq = plan.Hq, Hk = plan.Hk, dk = plan.dk, dv = plan.dv
     if dOut.shape != [B, Tq, Hq, dv] { fatalError("nsaBackward: dOutput \(dOut.shape) must be [B, Tq, Hq, dv] = \([B, Tq, Hq, dv])") }
     if f.branchOutputs.shape != [3, B, Tq, Hq, dv] || f.logSumExp.shape != [3, B, Tq, Hq]
         || f.selection.indices.count != B * Hk * Tq * o.selectCount {
@@ -445,6 +485,7 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
     var gks = Tensor.zeros(x.kSel.shape), gvs = Tensor.zeros(x.vSel.shape)
     var gkw = Tensor.zeros(x.kWin.shape), gvw = Tensor.zeros(x.vWin.shape)
     var gg = Tensor(uninitializedShape: x.gates.shape)
+    if Tq == 0 { return NSAGradients(q: gq, kCmp: gkc, vCmp: gvc, kSel: gks, vSel: gvs, kWin: gkw, vWin: gvw, gates: gg) }
     let ptr = NSAPointers(x, transposeValues: true)
     let rowsTotal = B * Tq * Hq
     // σ(g) [B, Tq, Hq, 3] and δ_c = σ(g_c)·⟨dO, o_c⟩ [3, B, Tq, Hq]; dg_c = σ(1 − σ)·⟨dO, o_c⟩.
@@ -468,81 +509,62 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
     }
     let ctx = NSABackwardContext(plan: plan, x: ptr, dO: dO.pointer, sigma: sigma.pointer, delta: delta.pointer,
                                  lse: lseP.pointer)
-    let groups = B * Hk
+    let groups = B * Hk, parts = plan.backwardParts, chunks = plan.chunks
+    func partChunks(_ p: Int) -> Range<Int> { (chunks * p / parts) ..< (chunks * (p + 1) / parts) }
+    var partials: [NSAKeyPartials] = []
+    for _ in 0..<groups {
+        for p in 0..<parts {
+            let cs = partChunks(p)
+            partials.append(NSAKeyPartials(plan, firstQuery: cs.lowerBound * plan.chunk, lastQuery: min(Tq, cs.upperBound * plan.chunk) - 1))
+        }
+    }
 
-    // Query pass: dQ, one chunk of queries per item.
     let gqP = SendablePointer(gq.mutablePointer())
     f.selection.indices.withUnsafeBufferPointer { selBuf in
         let sel = SendablePointer(UnsafeMutablePointer(mutating: selBuf.baseAddress!))
-        let chunks = plan.chunks
-        nsaParallelWorkers(items: groups * chunks) { next in
-            let w = NSAScratch(plan, backward: true)
-            while let item = next() {
-                let bh = item % groups, c = chunks - 1 - item / groups
-                nsaBackwardQueryChunk(ctx, w, b: bh / Hk, hk: bh % Hk, chunk: c,
-                                      selection: sel.pointer + bh * Tq * o.selectCount, dq: gqP.pointer)
-            }
-        }
-
-        // Key passes: the inverted selection of every (batch, kv head), then one item per
-        // compressed-key tile, selection block and window key tile.
-        let invCounts = ScratchBuffer(count: groups * (plan.nb + 1), zeroed: false)
-        let invStarts = ScratchBuffer(count: groups * (plan.nb + 1), zeroed: false)
-        let invEntries = ScratchBuffer(count: max(1, groups * Tq * o.selectCount), zeroed: false)
-        func intPtr(_ s: ScratchBuffer) -> SendablePointer<Int32> {
-            SendablePointer(UnsafeMutableRawPointer(s.pointer).bindMemory(to: Int32.self, capacity: s.count))
-        }
-        let cnt = intPtr(invCounts), st = intPtr(invStarts), ent = intPtr(invEntries)
-        ZooThreads.parallelFor(groups) { range in
-            for bh in range {
-                let base = bh * (plan.nb + 1)
-                let jMax = nsaInvertSelection(plan, selection: sel.pointer + bh * Tq * o.selectCount, t0: 0, t1: Tq,
-                                              counts: cnt.pointer + base, starts: st.pointer + base,
-                                              entries: ent.pointer + bh * Tq * o.selectCount)
-                for j in (jMax + 1) ..< plan.nb { cnt[base + j] = 0; st[base + j] = 0 }
-            }
-        }
-        enum KeyItem { case compressed(bh: Int, tile: Int), selected(bh: Int, block: Int), window(bh: Int, tile: Int) }
-        var items: [(cost: Int, item: KeyItem)] = []
-        let cmpTiles = (plan.Nc + plan.cmpKeyTile - 1) / plan.cmpKeyTile
-        let winTiles = (plan.Tk + plan.winKeyTile - 1) / plan.winKeyTile
-        for bh in 0..<groups {
-            for i in 0..<cmpTiles {
-                let firstQuery = max(0, i * plan.cmpKeyTile * o.compressStride + o.compressBlock - 1 - plan.off)
-                items.append((max(0, Tq - firstQuery) * plan.cmpKeyTile, .compressed(bh: bh, tile: i)))
-            }
-            for j in 0..<plan.nb where cnt[bh * (plan.nb + 1) + j] > 0 {
-                items.append((Int(cnt[bh * (plan.nb + 1) + j]) * o.selectBlock, .selected(bh: bh, block: j)))
-            }
-            for i in 0..<winTiles { items.append(((plan.winKeyTile + o.window) * plan.winKeyTile, .window(bh: bh, tile: i))) }
-        }
-        items.sort { $0.cost > $1.cost }
-        let gkcP = SendablePointer(gkc.mutablePointer()), gvcP = SendablePointer(gvc.mutablePointer())
-        let gksP = SendablePointer(gks.mutablePointer()), gvsP = SendablePointer(gvs.mutablePointer())
-        let gkwP = SendablePointer(gkw.mutablePointer()), gvwP = SendablePointer(gvw.mutablePointer())
-        let list = items.map(\.item)
-        list.withUnsafeBufferPointer { listBuf in
-            nsaParallelWorkers(items: listBuf.count) { next in
+        partials.withUnsafeBufferPointer { partBuf in
+            nsaParallelWorkers(items: groups * parts) { next in
                 let w = NSAScratch(plan, backward: true)
-                while let i = next() {
-                    switch listBuf[i] {
-                    case let .compressed(bh, tile):
-                        nsaBackwardCompressedKeys(ctx, w, b: bh / Hk, hk: bh % Hk, tile: tile, dK: gkcP.pointer, dV: gvcP.pointer)
-                    case let .selected(bh, block):
-                        let base = bh * (plan.nb + 1)
-                        let start = Int(st[base + block]), count = Int(cnt[base + block])
-                        nsaBackwardSelectedKeys(ctx, w, b: bh / Hk, hk: bh % Hk, block: block,
-                                                queries: ent.pointer + bh * Tq * o.selectCount + start, count: count,
-                                                dK: gksP.pointer, dV: gvsP.pointer)
-                    case let .window(bh, tile):
-                        nsaBackwardWindowKeys(ctx, w, b: bh / Hk, hk: bh % Hk, tile: tile, dK: gkwP.pointer, dV: gvwP.pointer)
+                while let item = next() {
+                    // Later parts first: they reach more compressed keys (longest jobs first).
+                    let bh = item % groups, p = parts - 1 - item / groups
+                    for c in partChunks(p) {
+                        nsaBackwardChunk(ctx, w, b: bh / Hk, hk: bh % Hk, chunk: c, selection: sel.pointer + bh * Tq * o.selectCount,
+                                         dq: gqP.pointer, keys: partBuf[bh * parts + p])
                     }
                 }
             }
         }
-        withExtendedLifetime((invCounts, invStarts, invEntries)) {}
     }
-    withExtendedLifetime((x, dOut, f, sigmaBuf, deltaBuf)) {}
+
+    // Sum the parts' key gradients, in part order, into the outputs (one owner per output row).
+    let gkcP = SendablePointer(gkc.mutablePointer()), gvcP = SendablePointer(gvc.mutablePointer())
+    let gksP = SendablePointer(gks.mutablePointer()), gvsP = SendablePointer(gvs.mutablePointer())
+    let gkwP = SendablePointer(gkw.mutablePointer()), gvwP = SendablePointer(gvw.mutablePointer())
+    let rowBlock = 64
+    let blocks = (max(plan.Tk, plan.Nc) + rowBlock - 1) / rowBlock
+    partials.withUnsafeBufferPointer { partBuf in
+        ZooThreads.parallelFor(groups * blocks, minChunk: 4) { range in
+            for item in range {
+                let bh = item / blocks, r0 = (item % blocks) * rowBlock
+                let b = bh / Hk, hk = bh % Hk
+                for p in 0..<parts {
+                    let part = partBuf[bh * parts + p]
+                    func add(_ src: UnsafeMutablePointer<Float>, _ srcLo: Int, _ srcRows: Int, _ dst: UnsafeMutablePointer<Float>,
+                             _ rowsTotal: Int, _ d: Int) {
+                        let lo = max(r0, srcLo), hi = min(r0 + rowBlock, srcLo + srcRows, rowsTotal)
+                        if lo >= hi { return }
+                        for u in lo..<hi { NSALanes.axpy(1, src + (u - srcLo) * d, dst + ((b * rowsTotal + u) * Hk + hk) * d, d) }
+                    }
+                    add(part.kc, 0, part.cmpRows, gkcP.pointer, plan.Nc, dk); add(part.vc, 0, part.cmpRows, gvcP.pointer, plan.Nc, dv)
+                    add(part.ks, 0, part.selRows, gksP.pointer, plan.Tk, dk); add(part.vs, 0, part.selRows, gvsP.pointer, plan.Tk, dv)
+                    add(part.kw, part.winLo, part.winRows, gkwP.pointer, plan.Tk, dk)
+                    add(part.vw, part.winLo, part.winRows, gvwP.pointer, plan.Tk, dv)
+                }
+            }
+        }
+    }
+    withExtendedLifetime((x, dOut, f, sigmaBuf, deltaBuf, partials)) {}
     return NSAGradients(q: gq, kCmp: gkc, vCmp: gvc, kSel: gks, vSel: gvs, kWin: gkw, vWin: gvw, gates: gg)
 }
 
@@ -578,8 +600,9 @@ struct NSABackwardContext: @unchecked Sendable {
     }
 }
 
-func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, chunk c: Int,
-                           selection: UnsafePointer<Int32>, dq: UnsafeMutablePointer<Float>) {
+/// One chunk of queries: dQ rows (owned) and the chunk's contributions to its part's key buffers.
+func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, chunk c: Int,
+                      selection: UnsafePointer<Int32>, dq: UnsafeMutablePointer<Float>, keys part: NSAKeyPartials) {
     let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
     let t0 = c * plan.chunk, t1 = min(plan.Tq, t0 + plan.chunk), nq = t1 - t0, M = nq * G
     for t in t0..<t1 { nsaPackQueryRows(plan, ctx.x.q, b: b, hk: hk, t: t, scale: plan.scale, into: w.qp + (t - t0) * G * dk) }
@@ -601,10 +624,10 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
                 let nv = Int32(o.visibleCompressed(position: plan.position(t)))
                 for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = nv }
             }
-            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+            nsaTileBackwardFused(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
                                  kt: ctx.x.kcT.at(b, hk), ldkt: plan.Nc, k: kcBase, ldk: Hk * dk,
                                  vt: ctx.x.vcT!.at(b, hk), ldvt: plan.Nc, dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
-                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk)
+                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk, dK: part.kc, lddk: dk, dV: part.vc, lddv: dv)
         }
         ta = tb
     }
@@ -627,11 +650,12 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
             }
             rows.count = r
             w.pv.update(repeating: 0, count: r * dk)
-            nsaTileBackwardQuery(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qg,
+            nsaTileBackwardFused(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qg,
                                  kt: ctx.x.ksT.at(b, hk) + key0, ldkt: plan.Tk,
                                  k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
                                  vt: ctx.x.vsT!.at(b, hk) + key0, ldvt: plan.Tk,
-                                 dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk)
+                                 dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk,
+                                 dK: part.ks + key0 * dk, lddk: dk, dV: part.vs + key0 * dv, lddv: dv)
             for i in 0..<r { NSALanes.axpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
         }
     }
@@ -651,12 +675,13 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
                 w.lo[r] = Int32(max(0, a - k0)); w.hi[r] = Int32(max(a, e) - k0)
             }
             rows.count = rowsT
-            nsaTileBackwardQuery(rows: rows, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
+            nsaTileBackwardFused(rows: rows, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
                                  kt: ctx.x.kwT.at(b, hk) + k0, ldkt: plan.Tk,
                                  k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
                                  vt: ctx.x.vwT!.at(b, hk) + k0, ldvt: plan.Tk,
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
-                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk)
+                                 dq: w.dq + (ta - t0) * G * dk, lddq: dk,
+                                 dK: part.kw + (k0 - part.winLo) * dk, lddk: dk, dV: part.vw + (k0 - part.winLo) * dv, lddv: dv)
             k0 = k1
         }
         ta = tb
@@ -664,88 +689,6 @@ func nsaBackwardQueryChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, h
 
     // dq = scale · Σ dS k (the scale of S = scale·q·k).
     for t in t0..<t1 {
-        let dst = dq + ((b * plan.Tq + t) * plan.Hq + hk * G) * dk
-        let src = w.dq + (t - t0) * G * dk
-        for i in 0..<(G * dk) { dst[i] = plan.scale * src[i] }
-    }
-}
-
-/// dKcmp, dVcmp for compressed keys [tile·64, …): every query that sees one of them.
-func nsaBackwardCompressedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, tile: Int,
-                               dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
-    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
-    let i0 = tile * plan.cmpKeyTile, i1 = min(plan.Nc, i0 + plan.cmpKeyTile), nk = i1 - i0
-    let firstQuery = max(0, i0 * o.compressStride + o.compressBlock - 1 - plan.off)
-    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
-    var ta = firstQuery
-    while ta < plan.Tq {
-        let tb = min(plan.Tq, ta + plan.keyPassQueries)
-        rows.count = (tb - ta) * G
-        for t in ta..<tb {
-            let r = (t - ta) * G
-            ctx.pack(branch: 0, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
-            let hiKey = Int32(min(max(o.visibleCompressed(position: plan.position(t)) - i0, 0), nk))
-            for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
-        }
-        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           kt: ctx.x.kcT.at(b, hk) + i0, ldkt: plan.Nc, vt: ctx.x.vcT!.at(b, hk) + i0, ldvt: plan.Nc,
-                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
-                           dK: dK + ((b * plan.Nc + i0) * Hk + hk) * dk, lddk: Hk * dk,
-                           dV: dV + ((b * plan.Nc + i0) * Hk + hk) * dv, lddv: Hk * dv)
-        ta = tb
-    }
-}
-
-/// dKsel, dVsel for one selection block: the queries (ascending) that chose it.
-func nsaBackwardSelectedKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, block j: Int,
-                             queries: UnsafePointer<Int32>, count: Int,
-                             dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
-    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
-    let key0 = j * o.selectBlock, nk = min(o.selectBlock, plan.Tk - key0)
-    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
-    var e0 = 0
-    while e0 < count {
-        let e1 = min(count, e0 + plan.keyPassQueries)
-        rows.count = (e1 - e0) * G
-        for e in e0..<e1 {
-            let t = Int(queries[e]), r = (e - e0) * G
-            ctx.pack(branch: 1, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
-            let hiKey = Int32(min(nk, plan.position(t) - key0 + 1))
-            for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = hiKey }
-        }
-        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           kt: ctx.x.ksT.at(b, hk) + key0, ldkt: plan.Tk, vt: ctx.x.vsT!.at(b, hk) + key0, ldvt: plan.Tk,
-                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
-                           dK: dK + ((b * plan.Tk + key0) * Hk + hk) * dk, lddk: Hk * dk,
-                           dV: dV + ((b * plan.Tk + key0) * Hk + hk) * dv, lddv: Hk * dv)
-        e0 = e1
-    }
-}
-
-/// dKwin, dVwin for raw keys [tile·64, …): the queries whose window reaches them.
-func nsaBackwardWindowKeys(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: Int, tile: Int,
-                           dK: UnsafeMutablePointer<Float>, dV: UnsafeMutablePointer<Float>) {
-    let plan = ctx.plan, o = plan.o, G = plan.G, dk = plan.dk, dv = plan.dv, Hk = plan.Hk
-    let k0 = tile * plan.winKeyTile, k1 = min(plan.Tk, k0 + plan.winKeyTile), nk = k1 - k0
-    let tFirst = max(0, k0 - plan.off), tLast = min(plan.Tq - 1, k1 - 1 + o.window - 1 - plan.off)
-    if tFirst > tLast { return }
-    var rows = NSARows(count: 0, lo: w.lo, hi: w.hi)
-    var ta = tFirst
-    while ta <= tLast {
-        let tb = min(tLast + 1, ta + plan.keyPassQueries)
-        rows.count = (tb - ta) * G
-        for t in ta..<tb {
-            let r = (t - ta) * G
-            ctx.pack(branch: 2, b: b, hk: hk, t: t, row: r, w: w, q: w.qp)
-            let p = plan.position(t)
-            let a = max(k0, p - o.window + 1), e = min(k1, p + 1)
-            for g in 0..<G { w.lo[r + g] = Int32(a - k0); w.hi[r + g] = Int32(max(a, e) - k0) }
-        }
-        nsaTileBackwardKey(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp,
-                           kt: ctx.x.kwT.at(b, hk) + k0, ldkt: plan.Tk, vt: ctx.x.vwT!.at(b, hk) + k0, ldvt: plan.Tk,
-                           dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
-                           dK: dK + ((b * plan.Tk + k0) * Hk + hk) * dk, lddk: Hk * dk,
-                           dV: dV + ((b * plan.Tk + k0) * Hk + hk) * dv, lddv: Hk * dv)
-        ta = tb
+        NSALanes.scaledCopy(dq + ((b * plan.Tq + t) * plan.Hq + hk * G) * dk, w.dq + (t - t0) * G * dk, plan.scale, G * dk)
     }
 }
