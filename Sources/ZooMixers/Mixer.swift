@@ -102,6 +102,8 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 /// The mixers zoo knows, by YAML `type:`. Adding a mixer is one line here.
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
+        Mamba2MixerConfig.self,
+        LogLinearMamba2MixerConfig.self,
         NSAMixerConfig.self,
     ]
 
