@@ -1,7 +1,7 @@
 // NSA fast kernels: forward and backward that touch only the compressed keys, the selected blocks
 // and the window, so the work per query is O(Tk/d + n·l′ + w), not O(Tk).
 //
-// Shapes as in Naive.swift: q [B, Tq, Hq, dk]; kCmp, vCmp [B, Nc, Hkv, dk|dv]; kSel, vSel, kWin,
+// Shapes as in NSANaive.swift: q [B, Tq, Hq, dk]; kCmp, vCmp [B, Nc, Hkv, dk|dv]; kSel, vSel, kWin,
 // vWin [B, Tk, Hkv, dk|dv]; gates [B, Tq, Hq, 3] (logits); output [B, Tq, Hq, dv]. Saved for the
 // backward: the three branch outputs [3, B, Tq, Hq, dv], their log-sum-exps [3, B, Tq, Hq] and the
 // selection [B, Hkv, Tq, n].
@@ -92,7 +92,7 @@ struct NSAPlan {
 }
 
 /// A branch's keys or values transposed per (batch, kv head): [B, T, H, D] → [B, H, D, T], so that
-/// S = q·Kᵀ and dP = dO·Vᵀ are NN products (see Tiles.swift for why that matters).
+/// S = q·Kᵀ and dP = dO·Vᵀ are NN products (see NSATiles.swift for why that matters).
 final class NSATransposed: @unchecked Sendable {
     private let buffer: ScratchBuffer
     let pointer: UnsafeMutablePointer<Float>
