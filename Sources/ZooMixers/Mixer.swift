@@ -106,6 +106,7 @@ public enum MixerRegistry {
         MambaConfig.self,
         Mamba2MixerConfig.self,
         LogLinearMamba2MixerConfig.self,
+        NSAMixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }
