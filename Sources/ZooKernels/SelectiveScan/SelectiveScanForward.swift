@@ -47,7 +47,7 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
 
     withExtendedLifetime((x, bRows, cRows)) {
         ZooThreads.parallelFor(s.batch * geo.blocks) { range in
-            let scratch = ForwardScratch(geo)
+            let scratch = ScanForwardScratch(geo)
             for item in range {
                 forwardTile(item: item, geo: geo, x: inputs, softplus: softplus, scratch: scratch,
                             out: outPointer.pointer, final: finalPointer.pointer,
@@ -61,7 +61,7 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
 
 /// One worker's tiles: A·log2e and the state as [Npad][16], five [K][16] time tiles, and a 16×16
 /// block of transpose work space.
-struct ForwardScratch {
+struct ScanForwardScratch {
     let buffer: ScratchBuffer
     let a2, h, dt, du, u, z, y, spare: UnsafeMutablePointer<Float>
     init(_ geo: ScanGeometry) {
@@ -114,7 +114,7 @@ struct ForwardScratch {
     }
 }
 
-func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: Bool, scratch: ForwardScratch,
+func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: Bool, scratch: ScanForwardScratch,
                  out: UnsafeMutablePointer<Float>, final: UnsafeMutablePointer<Float>,
                  checkpoints: UnsafeMutablePointer<Float>?) {
     let s = geo.shape
