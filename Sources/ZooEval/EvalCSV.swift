@@ -114,6 +114,7 @@ public final class EvalCSVFile {
     public let url: URL
     public private(set) var rows: [EvalRow]
     private let handle: FileHandle
+    private let lockDescriptor: Int32
 
     /// Opens (or creates) the file. `fresh` discards earlier rows. A torn last line (a run killed
     /// mid-write) is dropped with the rest of its measurement group, and the file rewritten.
@@ -121,6 +122,14 @@ public final class EvalCSVFile {
         self.url = url
         let fm = FileManager.default
         try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        // One writer at a time: two evaluations appending to one file would interleave their lines.
+        let lockPath = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).lock").path
+        lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)   // CLOEXEC: spawned runs must not inherit the lock
+        guard lockDescriptor >= 0 else { throw EvalError("cannot create the lock file \(lockPath): \(String(cString: strerror(errno)))") }
+        guard flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(lockDescriptor)
+            throw EvalError("\(url.path) is being written by another evaluation (lock \(lockPath)); wait for it to finish")
+        }
         var rows: [EvalRow] = []
         if !fresh, fm.fileExists(atPath: url.path) {
             let text = try String(contentsOf: url, encoding: .utf8)
@@ -144,7 +153,10 @@ public final class EvalCSVFile {
         handle.seekToEndOfFile()
     }
 
-    deinit { try? handle.close() }
+    deinit {
+        try? handle.close()
+        close(lockDescriptor)   // releases the lock
+    }
 
     static func rewrite(_ url: URL, _ rows: [EvalRow]) throws {
         let text = ([EvalCSV.header] + rows.map(EvalCSV.line)).joined(separator: "\n") + "\n"

@@ -30,9 +30,11 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
         let good = [sampleRow(seqLen: 256), sampleRow(seqLen: 512)]
         try (([EvalCSV.header] + good.map(EvalCSV.line)).joined(separator: "\n") + "\ndefault,mixer=attention,atten").write(to: url, atomically: true, encoding: .utf8)
         // The torn line's group may be incomplete: the last intact group (T=512) is dropped too.
-        let file = try EvalCSVFile(url: url)
-        #expect(file.rows == [good[0]])
-        file.append([sampleRow(seqLen: 1024)])
+        do {
+            let file = try EvalCSVFile(url: url)
+            #expect(file.rows == [good[0]])
+            file.append([sampleRow(seqLen: 1024)])
+        }
         let reread = try EvalCSV.parse(try String(contentsOf: url, encoding: .utf8))
         #expect(reread.dropped == 0)
         #expect(reread.rows.map(\.seqLen) == [256, 1024])
@@ -43,12 +45,20 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
         do { _ = try EvalCSV.parse("a,b\n", file: "old.csv") } catch let e as EvalError { #expect(e.message.contains("--fresh")) }
     }
 
+    @Test func oneWriterAtATime() throws {
+        let url = temporaryDirectory().appendingPathComponent("eval.csv")
+        var first: EvalCSVFile? = try EvalCSVFile(url: url)
+        #expect(throws: EvalError.self) { try EvalCSVFile(url: url) }
+        first?.append([sampleRow()])
+        first = nil
+        #expect(try EvalCSVFile(url: url).rows.count == 1)   // free again once the first is closed
+    }
+
     @Test func freshDiscardsEarlierRows() throws {
         let url = temporaryDirectory().appendingPathComponent("eval.csv")
-        let a = try EvalCSVFile(url: url)
-        a.append([sampleRow()])
-        #expect(try EvalCSVFile(url: url).rows.count == 1)
-        #expect(try EvalCSVFile(url: url, fresh: true).rows.isEmpty)
+        do { try EvalCSVFile(url: url).append([sampleRow()]) }
+        do { #expect(try EvalCSVFile(url: url).rows.count == 1) }
+        do { #expect(try EvalCSVFile(url: url, fresh: true).rows.isEmpty) }
     }
 
     @Test func metricGroupsAndUnits() {
