@@ -7,12 +7,12 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure quality, throughput and state memory against sequence length; write CSV, plots and a comparison.",
         discussion: """
-        RUN_DIR_OR_CONFIG is a run folder (config.yaml + checkpoint.safetensors, as zoo train writes), a folder of \\
-        run folders (an experiment's output, e.g. runs/default), or a config file: a config alone is measured \\
-        with random weights (throughput and memory; quality needs training). Lengths and switches come from \\
-        the eval: section (override with --set eval.lengths=[256,1024]). Rows go to <output>/eval.csv, one per \\
-        measurement, appended as they finish: a repeated command measures only what is missing. Plots go to \\
-        <output>/plots/<metric>.svg; an MQAR sweep also gets mqar_summary.csv (best learning rate, mean ± sd \\
+        RUN_DIR_OR_CONFIG is a run folder (config.yaml + checkpoint.safetensors, as zoo train writes), a folder of \
+        run folders (an experiment's output, e.g. runs/default), or a config file: a config alone is measured \
+        with random weights (throughput and memory; quality needs training). Lengths and switches come from \
+        the eval: section (override with --set eval.lengths=[256,1024]). Rows go to <output>/eval.csv, one per \
+        measurement, appended as they finish: a repeated command measures only what is missing. Plots go to \
+        <output>/plots/<metric>.svg; an MQAR sweep also gets mqar_summary.csv (best learning rate, mean ± sd \
         over seeds). Default output: <experiment folder>/eval for runs, runs/<name>/eval for a config.
         """)
 
