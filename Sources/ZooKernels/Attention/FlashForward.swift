@@ -282,7 +282,10 @@ public func attendRowBlock(
             let sRows = scores
             for slot in first..<last {
                 let p = panelList[tileStart + slot]
-                tileMultiply(m: groupRows, n: width, k: d, a: qRows, aRowStride: d, aStep: 1,
+                // A panel the group sees only the start of (the causal diagonal): just the
+                // 16-key chunks it sees; the softmax masks the rest of the panel anyway.
+                let columns = Swift.min(width, (groupHi - p * width + 15) & ~15)
+                tileMultiply(m: groupRows, n: columns, k: d, a: qRows, aRowStride: d, aStep: 1,
                              b: panels.keys(group: group, panel: p), ldb: width,
                              c: sRows + slot * width, ldc: ldS, accumulate: false)
             }
