@@ -202,6 +202,23 @@ func cpuBest(_ runs: Int = 5, _ body: () -> Void) -> Double {
 /// ZOO_DEV=1 zoo bench attention --threads 1: single-thread efficiency in process CPU time, which
 /// a busy shared machine disturbs far less than wall time (used while tuning the kernels).
 func devProbe(lengths: [Int]) -> String {
+    if ProcessInfo.processInfo.environment["ZOO_DEV"] == "decode" {
+        // One token against a 16k cache: bytes read per CPU-second, against a memcpy's.
+        var g = SeededGenerator(seed: 5)
+        var cache = AttentionKVCache(batch: 1, keyValueHeads: 4, headDim: 64)
+        for _ in 0..<16 {
+            let k = Tensor.normal([1, 1024, 4, 64], generator: &g), v = Tensor.normal([1, 1024, 4, 64], generator: &g)
+            cache.append(keys: k.pointer, values: v.pointer, count: 1024)
+        }
+        let q = Tensor.normal([1, 1, 4, 64], generator: &g)
+        var o = Tensor.zeros([1, 1, 4, 64])
+        let po = o.mutablePointer()
+        let td = cpuBest(20) { attentionDecode(q: q.pointer, queryLength: 1, queryHeads: 4, cache: cache, output: po) }
+        let src = ScratchBuffer(count: cache.byteCount / 4), dst = ScratchBuffer(count: cache.byteCount / 4)
+        let tc = cpuBest(20) { dst.pointer.update(from: src.pointer, count: src.count) }
+        let bytes = Double(cache.byteCount)
+        return "decode \(fmt(td * 1e6, 0)) µs = \(fmt(bytes / td / 1e9, 1)) GB/s read per CPU-second; memcpy \(fmt(bytes / tc / 1e9, 1)) GB/s"
+    }
     let n = 1024
     let ops = SgemmOperands.shared(n)
     let ts = cpuBest(5) {
