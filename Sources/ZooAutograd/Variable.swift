@@ -1,4 +1,5 @@
 import ZooTensor
+import Foundation
 
 /// A tensor on the tape: its value, and (for leaves that require gradients) the accumulated
 /// gradient after `backward()`.
@@ -57,18 +58,37 @@ final class Node {
     }
 }
 
-/// The global switches of the tape.
+/// The switches of the tape.
+///
+/// The no-grad depth is per thread (pthread TLS, as ZooThreads' parallel-region depth): a
+/// process-wide counter let one thread's `withNoGrad` switch recording off for another thread
+/// building a graph at the same moment (Swift Testing runs tests concurrently in one process; a
+/// gradient test then found no gradient). The order counter takes a lock for the same reason.
 public enum Tape {
-    nonisolated(unsafe) static var counter = 0
-    nonisolated(unsafe) static var noGradDepth = 0
+    nonisolated(unsafe) private static var counter = 0
+    private static let counterLock = NSLock()
 
-    static func nextOrder() -> Int { counter += 1; return counter }
+    static func nextOrder() -> Int {
+        counterLock.lock(); defer { counterLock.unlock() }
+        counter += 1
+        return counter
+    }
 
-    /// False inside `withNoGrad`: operations then record nothing.
+    private static let noGradKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+    static var noGradDepth: Int {
+        get { Int(bitPattern: pthread_getspecific(noGradKey)) }
+        set { pthread_setspecific(noGradKey, UnsafeRawPointer(bitPattern: newValue)) }
+    }
+
+    /// False inside `withNoGrad` (on this thread): operations then record nothing.
     public static var isRecording: Bool { noGradDepth == 0 }
 }
 
-/// Runs `body` without recording (evaluation, decoding, optimizer updates).
+/// Runs `body` without recording (evaluation, decoding, optimizer updates) on the calling thread.
 public func withNoGrad<R>(_ body: () throws -> R) rethrows -> R {
     Tape.noGradDepth += 1
     defer { Tape.noGradDepth -= 1 }

@@ -103,6 +103,10 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
         AttentionMixerConfig.self,
+        MambaConfig.self,
+        Mamba2MixerConfig.self,
+        LogLinearMamba2MixerConfig.self,
+        NSAMixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }
