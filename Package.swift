@@ -55,7 +55,7 @@ let package = Package(
         // MARK: Libraries (dependencies run one way: tensor ← autograd ← kernels ← nn)
         .target(name: "ZooTensor", dependencies: ["CBLAS"], swiftSettings: optimised),
         .target(name: "ZooAutograd", dependencies: ["ZooTensor"], swiftSettings: optimised),
-        .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], exclude: ["Attention/README.md"],
+        .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], exclude: ["Attention/README.md", "LogLinear/README.md", "NSA/README.md", "SSD/README.md", "SelectiveScan/README.md"],
                 swiftSettings: kernelOptimised),
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],

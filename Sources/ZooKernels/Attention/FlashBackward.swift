@@ -155,7 +155,7 @@ public func flashAttentionBackward(
     let rowBlock = backwardRowBlock
     let keyBlockWidth = keyBlockPanels * width
     forEachItem(groups * classes, makeScratch: {
-        BackwardScratch(rows: rowBlock, keys: keyBlockWidth, headDim: dPad, valueDim: dvPad)
+        AttentionBackwardScratch(rows: rowBlock, keys: keyBlockWidth, headDim: dPad, valueDim: dvPad)
     }) { item, scratch in
         let g = item / classes, cls = item % classes
         let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
@@ -332,7 +332,7 @@ private func gradientRow(
 
 /// Per-worker scratch of the backward: two score tiles, the key block's dK and dV, and each row
 /// group's range of computed panels and its last visible key (+1).
-final class BackwardScratch: @unchecked Sendable {
+final class AttentionBackwardScratch: @unchecked Sendable {
     let buffer: ScratchBuffer
     let scores, gradScores, keyGrad, valueGrad: UnsafeMutablePointer<Float>
     let groupFirst, groupLast, groupEnd: UnsafeMutablePointer<Int>

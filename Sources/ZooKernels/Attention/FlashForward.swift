@@ -87,7 +87,7 @@ func flashForward(
 
     let qp = SendablePointer(UnsafeMutablePointer(mutating: q))
     let op = SendablePointer(output), lp = SendablePointer(logSumExp)
-    forEachItem(baseItems * splits, makeScratch: { ForwardScratch(rows: rowBlock, headDim: d, valueDim: dv, panels: panels.pageCount) }) { item, scratch in
+    forEachItem(baseItems * splits, makeScratch: { AttentionForwardScratch(rows: rowBlock, headDim: d, valueDim: dv, panels: panels.pageCount) }) { item, scratch in
         let part = item % splits, base = item / splits
         // Later row blocks see more keys (causal): hand out the largest first, every group's at
         // once, so the last items to finish are small ones.
@@ -391,7 +391,7 @@ private func onlineSoftmaxRow(
 }
 
 /// Per-worker scratch of the forward.
-final class ForwardScratch: @unchecked Sendable {
+final class AttentionForwardScratch: @unchecked Sendable {
     let buffer: ScratchBuffer
     let queries, output, rowMax, rowSum, scores: UnsafeMutablePointer<Float>
     let panelList: UnsafeMutablePointer<Int>
