@@ -103,6 +103,8 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
         MambaConfig.self,
+        Mamba2MixerConfig.self,
+        LogLinearMamba2MixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }

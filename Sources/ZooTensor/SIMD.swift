@@ -1,26 +1,27 @@
 // Vector helpers for hot loops. Measured facts behind them: ../shared/notes/swift-cpu.md §3.
 // - `replacing(with:where:)` instead of `pointwiseMax`/`clamped` (those lower to scalar loops);
 // - two or more accumulators for reductions (Swift keeps IEEE order and never reassociates);
-// - unaligned loads and stores through raw pointers.
+// - unaligned loads and stores through raw pointers;
+// - `@inlinable` so that other modules (the kernels) inline them rather than call them per vector.
 
 public typealias F16 = SIMD16<Float>
 
-@inline(__always) public func load16(_ p: UnsafePointer<Float>) -> F16 {
+@inlinable @inline(__always) public func load16(_ p: UnsafePointer<Float>) -> F16 {
     UnsafeRawPointer(p).loadUnaligned(as: F16.self)
 }
-@inline(__always) public func load16(_ p: UnsafeMutablePointer<Float>) -> F16 {
+@inlinable @inline(__always) public func load16(_ p: UnsafeMutablePointer<Float>) -> F16 {
     UnsafeRawPointer(p).loadUnaligned(as: F16.self)
 }
-@inline(__always) public func store16(_ p: UnsafeMutablePointer<Float>, _ v: F16) {
+@inlinable @inline(__always) public func store16(_ p: UnsafeMutablePointer<Float>, _ v: F16) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: F16.self)
 }
-@inline(__always) public func vmax(_ a: F16, _ b: F16) -> F16 { a.replacing(with: b, where: b .> a) }
-@inline(__always) public func vmin(_ a: F16, _ b: F16) -> F16 { a.replacing(with: b, where: b .< a) }
+@inlinable @inline(__always) public func vmax(_ a: F16, _ b: F16) -> F16 { a.replacing(with: b, where: b .> a) }
+@inlinable @inline(__always) public func vmin(_ a: F16, _ b: F16) -> F16 { a.replacing(with: b, where: b .< a) }
 
 /// exp(x) for 16 lanes: max relative error 1.2e-7 (≤ 1 ulp) on [-87.3, 88.7].
 /// Inputs below -87.3 (including -inf) give ~1e-38 rather than 0; callers that need an exact 0
 /// for masked entries mask explicitly.
-@inline(__always) public func fastExp(_ xIn: F16) -> F16 {
+@inlinable @inline(__always) public func fastExp(_ xIn: F16) -> F16 {
     var x = xIn.replacing(with: -87.33654, where: xIn .< -87.33654)
     x = x.replacing(with: 88.72283, where: x .> 88.72283)
     let magic = F16(repeating: 12582912.0)                               // 1.5·2^23: round to nearest
@@ -40,11 +41,11 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// Scalar exp through the same polynomial (bit-identical to one lane of `fastExp`), for tails.
-@inline(__always) public func fastExp(_ x: Float) -> Float { fastExp(F16(repeating: x))[0] }
+@inlinable @inline(__always) public func fastExp(_ x: Float) -> Float { fastExp(F16(repeating: x))[0] }
 
 /// Natural log for 16 positive, finite lanes: relative error ~2e-7. Zero gives a large negative
 /// number (not -inf); callers guard their domain.
-@inline(__always) public func fastLog(_ xIn: F16) -> F16 {
+@inlinable @inline(__always) public func fastLog(_ xIn: F16) -> F16 {
     let x = xIn.replacing(with: Float.leastNormalMagnitude, where: xIn .< Float.leastNormalMagnitude)
     let bits = unsafeBitCast(x, to: SIMD16<Int32>.self)
     // Split x = m · 2^e with m in [√½, √2): log x = e·ln2 + log m.
@@ -70,20 +71,20 @@ public typealias F16 = SIMD16<Float>
     return logM.addingProduct(ef, F16(repeating: 0.693147180559945))
 }
 
-@inline(__always) public func fastLog(_ x: Float) -> Float { fastLog(F16(repeating: x))[0] }
+@inlinable @inline(__always) public func fastLog(_ x: Float) -> Float { fastLog(F16(repeating: x))[0] }
 
 /// 1 / (1 + e^−x), stable for large |x| because fastExp clamps its argument.
-@inline(__always) public func fastSigmoid(_ x: F16) -> F16 { 1 / (1 + fastExp(-x)) }
+@inlinable @inline(__always) public func fastSigmoid(_ x: F16) -> F16 { 1 / (1 + fastExp(-x)) }
 
 /// log(1 + e^x) = max(x, 0) + log(1 + e^−|x|), with no overflow for large x.
-@inline(__always) public func fastSoftplus(_ x: F16) -> F16 {
+@inlinable @inline(__always) public func fastSoftplus(_ x: F16) -> F16 {
     let absX = x.replacing(with: -x, where: x .< 0)
     let positive = x.replacing(with: 0, where: x .< 0)
     return positive + fastLog(1 + fastExp(-absX))
 }
 
 /// Sum of n floats with 4 SIMD accumulators and a scalar tail (fixed order: deterministic).
-@inline(__always) public func simdSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+@inlinable @inline(__always) public func simdSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
     var a0 = F16(), a1 = F16(), a2 = F16(), a3 = F16()
     var i = 0
     while i + 64 <= n {
@@ -97,7 +98,7 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// Dot product of two float vectors (4 SIMD accumulators, fixed order).
-@inline(__always) public func simdDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+@inlinable @inline(__always) public func simdDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
     var a0 = F16(), a1 = F16(), a2 = F16(), a3 = F16()
     var i = 0
     while i + 64 <= n {
@@ -114,7 +115,7 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// Maximum of n floats (n ≥ 1).
-@inline(__always) public func simdMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+@inlinable @inline(__always) public func simdMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
     var m0 = F16(repeating: -.infinity), m1 = m0
     var i = 0
     while i + 32 <= n { m0 = vmax(m0, load16(p + i)); m1 = vmax(m1, load16(p + i + 16)); i += 32 }
@@ -125,7 +126,7 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// y[i] += alpha · x[i]
-@inline(__always) public func simdAxpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+@inlinable @inline(__always) public func simdAxpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
     let a = F16(repeating: alpha)
     var i = 0
     while i + 16 <= n { store16(y + i, load16(y + i).addingProduct(a, load16(x + i))); i += 16 }
@@ -133,7 +134,7 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// x[i] *= alpha
-@inline(__always) public func simdScale(_ x: UnsafeMutablePointer<Float>, _ alpha: Float, _ n: Int) {
+@inlinable @inline(__always) public func simdScale(_ x: UnsafeMutablePointer<Float>, _ alpha: Float, _ n: Int) {
     let a = F16(repeating: alpha)
     var i = 0
     while i + 16 <= n { store16(x + i, load16(x + i) * a); i += 16 }

@@ -121,7 +121,7 @@ func trainLosses(_ dir: URL) throws -> [String] {
         #expect(throws: CheckpointError.self) { try Checkpoint.load(from: truncated, into: model.namedParameters(), optimizer: &none) }
         #expect(model.namedParameters().map { $0.variable.value.scalars } == before)
         // A checkpoint of another model shape is refused by name and shape.
-        let other = ExperimentRunner.makeModel(try tinyExperiment(extra: ["model.d_model=48"]).config)
+        let other = ExperimentRunner.makeModel(try tinyExperiment(extra: ["model.d_model=64"]).config)
         do { try Checkpoint.load(from: file, into: other.namedParameters(), optimizer: &none); Issue.record("no error") }
         catch let e as CheckpointError { #expect(e.message.contains("shape")) }
     }
