@@ -55,7 +55,8 @@ let package = Package(
         // MARK: Libraries (dependencies run one way: tensor ← autograd ← kernels ← nn)
         .target(name: "ZooTensor", dependencies: ["CBLAS"], swiftSettings: optimised),
         .target(name: "ZooAutograd", dependencies: ["ZooTensor"], swiftSettings: optimised),
-        .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], swiftSettings: kernelOptimised),
+        .target(name: "ZooKernels", dependencies: ["ZooTensor", "CBLAS"], exclude: ["Attention/README.md"],
+                swiftSettings: kernelOptimised),
         .target(name: "ZooNN", dependencies: ["ZooTensor", "ZooAutograd"], swiftSettings: optimised),
         .target(name: "ZooMixers", dependencies: ["ZooTensor", "ZooAutograd", "ZooKernels", "ZooNN"],
                 swiftSettings: optimised),

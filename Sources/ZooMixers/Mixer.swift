@@ -102,9 +102,11 @@ public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
 /// The mixers zoo knows, by YAML `type:`. Adding a mixer is one line here.
 public enum MixerRegistry {
     public static let all: [any MixerConfig.Type] = [
+        AttentionMixerConfig.self,
         MambaConfig.self,
         Mamba2MixerConfig.self,
         LogLinearMamba2MixerConfig.self,
+        NSAMixerConfig.self,
     ]
 
     public static var typeNames: [String] { all.map { $0.typeName } }

@@ -21,7 +21,7 @@ public typealias F16 = SIMD16<Float>
 /// exp(x) for 16 lanes: max relative error 1.2e-7 (≤ 1 ulp) on [-87.3, 88.7].
 /// Inputs below -87.3 (including -inf) give ~1e-38 rather than 0; callers that need an exact 0
 /// for masked entries mask explicitly.
-@inlinable @inline(__always) public func fastExp(_ xIn: F16) -> F16 {
+@inlinable @inline(always) public func fastExp(_ xIn: F16) -> F16 {
     var x = xIn.replacing(with: -87.33654, where: xIn .< -87.33654)
     x = x.replacing(with: 88.72283, where: x .> 88.72283)
     let magic = F16(repeating: 12582912.0)                               // 1.5·2^23: round to nearest
@@ -45,7 +45,7 @@ public typealias F16 = SIMD16<Float>
 
 /// Natural log for 16 positive, finite lanes: relative error ~2e-7. Zero gives a large negative
 /// number (not -inf); callers guard their domain.
-@inlinable @inline(__always) public func fastLog(_ xIn: F16) -> F16 {
+@inlinable @inline(always) public func fastLog(_ xIn: F16) -> F16 {
     let x = xIn.replacing(with: Float.leastNormalMagnitude, where: xIn .< Float.leastNormalMagnitude)
     let bits = unsafeBitCast(x, to: SIMD16<Int32>.self)
     // Split x = m · 2^e with m in [√½, √2): log x = e·ln2 + log m.

@@ -29,7 +29,8 @@ struct Zoo: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, measured side by side in one run (build with -c release).",
-        subcommands: [BenchCore.self, BenchTrain.self, BenchMamba.self, BenchMamba2.self, BenchLogLinear.self])
+        subcommands: [BenchCore.self, BenchTrain.self, BenchAttention.self, BenchMamba.self, BenchMamba2.self,
+                      BenchLogLinear.self, BenchNSA.self])
 }
 
 struct BenchCore: ParsableCommand {

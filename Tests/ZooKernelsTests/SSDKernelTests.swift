@@ -100,6 +100,12 @@ func checkAgainstNaive(_ s: SSDShape, chunk: Int, seed: UInt64, initialState: Bo
         checkAgainstNaive(shape(1, 150, 2, 32, 1, 24), chunk: 64, seed: 3, saveStates: true)
     }
 
+    @Test func chunkedMatchesNaiveOddChunkSizes() {
+        // Chunks of 40 and 33 (the triangular products split at a multiple of 16), a ragged tail.
+        checkAgainstNaive(shape(1, 95, 2, 8, 1, 8), chunk: 40, seed: 8)
+        checkAgainstNaive(shape(2, 70, 2, 5, 2, 3), chunk: 33, seed: 9)
+    }
+
     @Test func chunkedMatchesNaiveWithoutInitialState() {
         checkAgainstNaive(shape(2, 21, 3, 4, 3, 6), chunk: 4, seed: 4, initialState: false)
     }

@@ -20,15 +20,16 @@
 // Layouts: matrices are row-major with explicit leading dimensions (ld ≥ row length), so rows of
 // the [B,T,H,P] / [B,T,G,N] tensors can be passed in place (ld = H·P or G·N). Every block takes
 // the P×N state, and its gradient, TRANSPOSED (Sᵀ, n×p): with that, every product is a row-major
-// A·B or Aᵀ·B, never A·Bᵀ, which OpenBLAS
-// 0.3.21 runs at 64³ through its packing path at about half the speed (measured: 7.4 µs against
-// 4.1 µs for A·B or Aᵀ·B). The few operands that would need A·Bᵀ are transposed into scratch
-// first (`ssdTranspose`, 0.35 µs at 64×64).
+// A·B or Aᵀ·B, never A·Bᵀ, which OpenBLAS 0.3.21 runs at 64³ through its packing path at about
+// half the speed (measured: 7.4 µs against 4.1 µs). The few operands that would need A·Bᵀ are
+// transposed into scratch first (`ssdTranspose`, 0.35 µs at 64×64).
 // Products go to BLAS (`gemm`, single-threaded, called inside the caller's parallel loop).
 import CBLAS
 import ZooTensor
 
-private let laneIndex = F16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+// A computed constant, not a global `let`: a global's lazy initialiser costs a `swift_once` call
+// on every use inside the loops.
+private var laneIndex: F16 { F16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) }
 
 // MARK: - Decay
 
@@ -36,37 +37,80 @@ private let laneIndex = F16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
 ///
 ///     decay[i·ld + j] = exp(a[j+1] + … + a[i])  for j ≤ i,   0 for i < j < q
 ///
-/// The segment sums are accumulated directly, row by row (row i = row i−1 + a[i]), rather than as
-/// the difference cum_i − cum_j: the difference of two large cumulative sums loses the digits of a
-/// small one, and exp(cum_i)/exp(cum_j) would overflow. Every exponent is ≤ 0 when a ≤ 0.
+/// No exponent is a difference of two cumulative sums (that loses the digits of a small segment
+/// next to large totals; exp(cum_i)/exp(cum_j) would overflow): in 16×16 tiles, a diagonal tile
+/// accumulates its segment sums row by row (row i = row i−1 + a[i]); an off-diagonal tile (rows I,
+/// columns J before I, I0 the tile's first row) is the outer product u_i·v_j with
+/// u_i = exp(a[I0+1] + … + a[i]) and v_j = exp(a[j+1] + … + a[I0]) — both exponents ≤ 0 when
+/// a ≤ 0, so nothing overflows, and 16 + 16 exponentials serve 256 entries.
 public func ssdChunkDecay(logDecay a: UnsafePointer<Float>, count q: Int,
                           decay: UnsafeMutablePointer<Float>, ldDecay: Int) {
     if ldDecay < q { fatalError("ssdChunkDecay: ldDecay \(ldDecay) < chunk length \(q)") }
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: q + 16) { buffer in
-        // seg[j] = Σ_{k=j+1}^{i} a[k] after row i. Padded by 16 so whole vectors never run past;
-        // lanes beyond i pick up junk that is reset to 0 when their own row comes.
-        let seg = buffer.baseAddress!
-        seg.initialize(repeating: 0, count: q + 16)
-        for i in 0..<q {
-            let ai = F16(repeating: a[i])
-            var j = 0
-            while j <= i { store16(seg + j, load16(seg + j) + ai); j += 16 }
-            seg[i] = 0
-            let row = decay + i * ldDecay
-            let rowIndex = F16(repeating: Float(i))
-            j = 0
-            while j + 16 <= q {
-                if j > i {
-                    store16(row + j, F16())
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * q + 32) { buffer in
+        let u = buffer.baseAddress!, v = u + q + 16            // row factors of a tile, column factors before it
+        var i0 = 0
+        while i0 < q {
+            let i1 = min(q, i0 + 16), rows = i1 - i0
+            // u_i, i in the tile; v_j, j < i0 (suffix sums down from i0).
+            var run: Float = 0
+            u[0] = 0
+            for i in (i0 + 1)..<max(i1, i0 + 1) { run += a[i]; u[i - i0] = run }
+            run = 0
+            for j in stride(from: i0 - 1, through: 0, by: -1) { run += a[j + 1]; v[j] = run }
+            expInPlace(u, rows)
+            expInPlace(v, i0)
+            // Diagonal tile: running segment sums over its 16 columns.
+            var seg = F16()
+            let width = F16(repeating: Float(rows))
+            for i in i0..<i1 {
+                let r = i - i0
+                seg = (seg + F16(repeating: a[i])).replacing(with: 0, where: laneIndex .>= F16(repeating: Float(r)))
+                let e = fastExp(seg).replacing(with: 0, where: (laneIndex .> F16(repeating: Float(r))) .| (laneIndex .>= width))
+                let row = decay + i * ldDecay
+                // Off-diagonal tiles: u_i · v_j.
+                let ui = F16(repeating: u[r])
+                var j = 0
+                while j + 16 <= i0 { store16(row + j, ui * load16(v + j)); j += 16 }
+                if rows == 16 && i0 + 16 <= q {
+                    store16(row + i0, e)
                 } else {
-                    let e = fastExp(load16(seg + j))
-                    store16(row + j, e.replacing(with: 0, where: F16(repeating: Float(j)) + laneIndex .> rowIndex))
+                    for k in 0..<rows { row[i0 + k] = e[k] }
                 }
-                j += 16
+                (row + i1).update(repeating: 0, count: q - i1)
             }
-            while j < q { row[j] = j <= i ? fastExp(seg[j]) : 0; j += 1 }
+            i0 = i1
         }
     }
+}
+
+/// x[i] = exp(x[i]) for `count` values.
+@inline(__always)
+func expInPlace(_ x: UnsafeMutablePointer<Float>, _ count: Int) {
+    var i = 0
+    while i + 16 <= count { store16(x + i, fastExp(load16(x + i))); i += 16 }
+    if i < count {
+        var t = F16()
+        for k in 0..<(count - i) { t[k] = x[i + k] }
+        t = fastExp(t)
+        for k in 0..<(count - i) { x[i + k] = t[k] }
+    }
+}
+
+/// out[i] = r_i · exp(a_0 + … + a_i): the decay from the chunk start (row scale r optional).
+@inline(__always)
+func prefixDecays(_ a: UnsafePointer<Float>, _ q: Int, rowScale: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<Float>) {
+    var run: Float = 0
+    for i in 0..<q { run += a[i]; out[i] = run }
+    expInPlace(out, q)
+    if let rowScale { for i in 0..<q { out[i] *= rowScale[i] } }
+}
+
+/// out[j] = exp(a_{j+1} + … + a_{q−1}): the decay from token j to the chunk's end.
+@inline(__always)
+func suffixDecays(_ a: UnsafePointer<Float>, _ q: Int, _ out: UnsafeMutablePointer<Float>) {
+    var run: Float = 0
+    for j in stride(from: q - 1, through: 0, by: -1) { out[j] = run; run += a[j] }
+    expInPlace(out, q)
 }
 
 // MARK: - Scores
@@ -111,8 +155,21 @@ public func ssdIntraChunkForward(q: Int, p: Int,
                                  matrix: UnsafeMutablePointer<Float>) {
     maskedProduct(q: q, scores: scores, ldScores: ldScores, decay: decay, ldDecay: ldDecay,
                   weight: weight, ldWeight: ldWeight, out: matrix)
-    gemm(m: q, n: p, k: q, a: matrix, lda: q, b: x, ldb: ldx, beta: accumulate ? 1 : 0, c: y, ldc: ldy)
+    let beta: Float = accumulate ? 1 : 0
+    let h = triangleSplit(q)
+    if h == 0 {
+        gemm(m: q, n: p, k: q, a: matrix, lda: q, b: x, ldb: ldx, beta: beta, c: y, ldc: ldy)
+        return
+    }
+    // M is lower triangular: rows before h only need the first h columns (¼ of the work saved).
+    gemm(m: h, n: p, k: h, a: matrix, lda: q, b: x, ldb: ldx, beta: beta, c: y, ldc: ldy)
+    gemm(m: q - h, n: p, k: q, a: matrix + h * q, lda: q, b: x, ldb: ldx, beta: beta, c: y + h * ldy, ldc: ldy)
 }
+
+/// Where a q×q lower-triangular product splits into two row blocks (a multiple of 16, so row
+/// passes over whole vectors never reach the skipped upper-right block); 0: no split.
+@inline(__always)
+func triangleSplit(_ q: Int) -> Int { q >= 32 ? (q / 2) / 16 * 16 : 0 }
 
 /// Backward of `ssdIntraChunkForward`. With dM = dY Xᵀ and R = dM ∘ M:
 ///
@@ -137,55 +194,71 @@ public func ssdIntraChunkBackward(q: Int, p: Int,
                                   matrix: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
     maskedProduct(q: q, scores: scores, ldScores: ldScores, decay: decay, ldDecay: ldDecay,
                   weight: weight, ldWeight: ldWeight, out: matrix)
-    // dX = Mᵀ dY
-    gemm(transA: true, m: q, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy,
-         beta: accumulateX ? 1 : 0, c: dX, ldc: lddx)
-    // dM = dY Xᵀ, written where dScores goes and transformed in place below.
+    // dX = Mᵀ dY; dM = dY Xᵀ (only its lower triangle is used), written where dScores goes and
+    // transformed in place below. With the split at h, the blocks above the diagonal are skipped.
+    let h = triangleSplit(q), beta: Float = accumulateX ? 1 : 0
     ssdTranspose(x, ld: ldx, rows: q, cols: p, into: scratch, ldOut: q)
-    gemm(m: q, n: q, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+    if h == 0 {
+        gemm(transA: true, m: q, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy, beta: beta, c: dX, ldc: lddx)
+        gemm(m: q, n: q, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+    } else {
+        gemm(transA: true, m: h, n: p, k: q, a: matrix, lda: q, b: dY, ldb: lddy, beta: beta, c: dX, ldc: lddx)
+        gemm(transA: true, m: q - h, n: p, k: q - h, a: matrix + h * q + h, lda: q, b: dY + h * lddy, ldb: lddy,
+             beta: beta, c: dX + h * lddx, ldc: lddx)
+        gemm(m: h, n: h, k: p, a: dY, lda: lddy, b: scratch, ldb: q, c: dScores, ldc: q)
+        gemm(m: q - h, n: q, k: p, a: dY + h * lddy, lda: lddy, b: scratch, ldb: q, c: dScores + h * q, ldc: q)
+    }
     let hasWeight = weight != nil
     let wantWeightGradient = hasWeight && dWeight != nil
-    // Pass 1, per row: R = dM ∘ M (into `matrix`), dWeight, and dScores = dM ∘ L ∘ W in place.
+    // Pass 1, per row: R = dM ∘ M (into `matrix`), dWeight, and dScores = dM ∘ L ∘ W in place, all
+    // zero above the diagonal. Whole 16-lane blocks with a lane mask; a scalar tail only when q is
+    // not a multiple of 16.
     for i in 0..<q {
         let dm = dScores + i * q, mRow = matrix + i * q
         let lRow = decay + i * ldDecay, sRow = scores + i * ldScores
         let wRow = hasWeight ? weight! + i * ldWeight : nil
         let dwRow = wantWeightGradient ? dWeight! + i * q : nil
-        let live = i + 1
         var j = 0
-        while j + 16 <= live {
-            let g = load16(dm + j), l = load16(lRow + j)
-            store16(mRow + j, g * load16(mRow + j))
-            if let dwRow { store16(dwRow + j, g * load16(sRow + j) * l) }
-            let gl = g * l
-            store16(dm + j, wRow.map { gl * load16($0 + j) } ?? gl)
+        while j + 16 <= q {
+            if j > i {
+                // R above the diagonal is never read (pass 2 reads j < k only): left as it is.
+                store16(dm + j, F16())
+                if let dwRow { store16(dwRow + j, F16()) }
+            } else {
+                let above = laneIndex .> F16(repeating: Float(i - j))
+                let g = load16(dm + j).replacing(with: 0, where: above), l = load16(lRow + j)
+                store16(mRow + j, g * load16(mRow + j))
+                if let dwRow { store16(dwRow + j, g * load16(sRow + j) * l) }
+                let gl = g * l
+                store16(dm + j, wRow.map { gl * load16($0 + j) } ?? gl)
+            }
             j += 16
         }
-        while j < live {
-            let g = dm[j], l = lRow[j]
+        while j < q {
+            let g = j <= i ? dm[j] : 0, l = lRow[j]
             mRow[j] = g * mRow[j]
             if let dwRow { dwRow[j] = g * sRow[j] * l }
             dm[j] = wRow.map { g * l * $0[j] } ?? g * l
             j += 1
         }
-        (dm + live).update(repeating: 0, count: q - live)
-        if let dwRow { (dwRow + live).update(repeating: 0, count: q - live) }
     }
     // Pass 2, rows bottom-up: z = Σ_{i≥k} R[i, ·] and dLogDecay[k] += Σ_{j<k} z[j]. Only z[0..<k]
-    // is read at step k, so only that part is kept up to date.
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
+    // is read at step k, so lanes of z at or past k may collect junk.
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: q + 16) { buffer in
         let z = buffer.baseAddress!
-        z.initialize(repeating: 0, count: q)
+        z.initialize(repeating: 0, count: q + 16)
         for k in stride(from: q - 1, through: 1, by: -1) {
             let rRow = matrix + k * q
             var sums = F16(), tail: Float = 0
             var j = 0
-            while j + 16 <= k {
+            while j < k && j + 16 <= q {
                 let v = load16(z + j) + load16(rRow + j)
-                store16(z + j, v); sums += v; j += 16
+                store16(z + j, v)
+                sums += v.replacing(with: 0, where: laneIndex .>= F16(repeating: Float(k - j)))
+                j += 16
             }
             while j < k { z[j] += rRow[j]; tail += z[j]; j += 1 }
-            dLogDecay[k] += sums.sum() + tail
+            dLogDecay[k] += horizontalSum(sums) + tail
         }
     }
 }
@@ -198,17 +271,19 @@ private func maskedProduct(q: Int, scores: UnsafePointer<Float>, ldScores: Int,
                            out: UnsafeMutablePointer<Float>) {
     for i in 0..<q {
         let o = out + i * q, s = scores + i * ldScores, l = decay + i * ldDecay
-        let live = i + 1
+        let w = weight.map { $0 + i * ldWeight }
         var j = 0
-        if let weight {
-            let w = weight + i * ldWeight
-            while j + 16 <= live { store16(o + j, load16(s + j) * load16(l + j) * load16(w + j)); j += 16 }
-            while j < live { o[j] = s[j] * l[j] * w[j]; j += 1 }
-        } else {
-            while j + 16 <= live { store16(o + j, load16(s + j) * load16(l + j)); j += 16 }
-            while j < live { o[j] = s[j] * l[j]; j += 1 }
+        while j + 16 <= q {
+            if j > i {
+                store16(o + j, F16())
+            } else {
+                var v = load16(s + j) * load16(l + j)
+                if let w { v *= load16(w + j) }
+                store16(o + j, v.replacing(with: 0, where: laneIndex .> F16(repeating: Float(i - j))))
+            }
+            j += 16
         }
-        (o + live).update(repeating: 0, count: q - live)
+        while j < q { o[j] = j <= i ? s[j] * l[j] * (w?[j] ?? 1) : 0; j += 1 }
     }
 }
 
@@ -227,10 +302,10 @@ public func ssdStateToOutputForward(q: Int, p: Int, n: Int,
                                     logDecay a: UnsafePointer<Float>, rowScale: UnsafePointer<Float>?,
                                     y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool,
                                     scratch: UnsafeMutablePointer<Float>) {
-    var cum: Float = 0
-    for i in 0..<q {
-        cum += a[i]
-        scaledCopy(c + i * ldc, fastExp(cum) * (rowScale?[i] ?? 1), scratch + i * n, n)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
+        let f = buffer.baseAddress!
+        prefixDecays(a, q, rowScale: rowScale, f)
+        for i in 0..<q { scaledCopy(c + i * ldc, f[i], scratch + i * n, n) }
     }
     gemm(m: q, n: p, k: n, a: scratch, lda: n, b: stateTransposed, ldb: ldStateTransposed,
          beta: accumulate ? 1 : 0, c: y, ldc: ldy)
@@ -259,15 +334,14 @@ public func ssdStateToOutputBackward(q: Int, p: Int, n: Int,
     let u = scratch, scaledC = scratch + q * n, state = scratch + 2 * q * n
     ssdTranspose(stateTransposed, ld: ldStateTransposed, rows: n, cols: p, into: state, ldOut: n)
     gemm(m: q, n: n, k: p, a: dY, lda: lddy, b: state, ldb: n, c: u, ldc: n)
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
-        let g = buffer.baseAddress!
-        var cum: Float = 0
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * q) { buffer in
+        let g = buffer.baseAddress!, decays = g + q
+        prefixDecays(a, q, rowScale: nil, decays)
         for i in 0..<q {
-            cum += a[i]
-            let e = fastExp(cum)
+            let e = decays[i]
             let f = e * (rowScale?[i] ?? 1)
             let cRow = c + i * ldc, uRow = u + i * n
-            let dot = simdDot(cRow, uRow, n)
+            let dot = rowDot(cRow, uRow, n)
             g[i] = f * dot
             dRowScale?[i] = e * dot
             let dcRow = dC + i * lddc
@@ -291,10 +365,10 @@ public func ssdStateToOutputStateGradient(q: Int, p: Int, n: Int,
                                           dY: UnsafePointer<Float>, lddy: Int,
                                           dStateTransposed: UnsafeMutablePointer<Float>, lddStateTransposed: Int,
                                           accumulate: Bool, scratch: UnsafeMutablePointer<Float>) {
-    var cum: Float = 0
-    for i in 0..<q {
-        cum += a[i]
-        scaledCopy(c + i * ldc, fastExp(cum) * (rowScale?[i] ?? 1), scratch + i * n, n)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
+        let f = buffer.baseAddress!
+        prefixDecays(a, q, rowScale: rowScale, f)
+        for i in 0..<q { scaledCopy(c + i * ldc, f[i], scratch + i * n, n) }
     }
     gemm(transA: true, m: n, n: p, k: q, a: scratch, lda: n, b: dY, ldb: lddy,
          beta: accumulate ? 1 : 0, c: dStateTransposed, ldc: lddStateTransposed)
@@ -324,10 +398,10 @@ public func ssdChunkStateForward(q: Int, p: Int, n: Int,
                                  logDecay a: UnsafePointer<Float>,
                                  stateTransposed: UnsafeMutablePointer<Float>, ldStateTransposed: Int, beta: Float,
                                  scratch: UnsafeMutablePointer<Float>) {
-    var suffix: Float = 0
-    for j in stride(from: q - 1, through: 0, by: -1) {
-        scaledCopy(x + j * ldx, fastExp(suffix), scratch + j * p, p)
-        suffix += a[j]
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
+        let w = buffer.baseAddress!
+        suffixDecays(a, q, w)
+        for j in 0..<q { scaledCopy(x + j * ldx, w[j], scratch + j * p, p) }
     }
     gemm(transA: true, m: n, n: p, k: q, a: b, lda: ldb, b: scratch, ldb: p, beta: beta,
          c: stateTransposed, ldc: ldStateTransposed)
@@ -357,14 +431,13 @@ public func ssdChunkStateBackward(q: Int, p: Int, n: Int,
     gemm(m: q, n: p, k: n, a: b, lda: ldb, b: dStateTransposed, ldb: lddStateTransposed, c: v, ldc: p)
     ssdTranspose(dStateTransposed, ld: lddStateTransposed, rows: n, cols: p, into: dState, ldOut: n)
     gemm(m: q, n: n, k: p, a: x, lda: ldx, b: dState, ldb: n, c: u, ldc: n)
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: q) { buffer in
-        let g = buffer.baseAddress!
-        var suffix: Float = 0
-        for j in stride(from: q - 1, through: 0, by: -1) {
-            let w = fastExp(suffix)
-            suffix += a[j]
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * q) { buffer in
+        let g = buffer.baseAddress!, decays = g + q
+        suffixDecays(a, q, decays)
+        for j in 0..<q {
+            let w = decays[j]
             let uRow = u + j * n
-            g[j] = w * simdDot(b + j * ldb, uRow, n)
+            g[j] = w * rowDot(b + j * ldb, uRow, n)
             if accumulateX { simdAxpy(w, v + j * p, dX + j * lddx, p) } else { scaledCopy(v + j * p, w, dX + j * lddx, p) }
             if accumulateB { simdAxpy(w, uRow, dB + j * lddb, n) } else { scaledCopy(uRow, w, dB + j * lddb, n) }
         }
@@ -374,6 +447,31 @@ public func ssdChunkStateBackward(q: Int, p: Int, n: Int,
 }
 
 // MARK: - Small vector helpers
+
+/// The sum of 16 lanes as a tree (4 dependent vector adds), not a chain of 15 scalar adds.
+@inline(__always)
+func horizontalSum(_ v: F16) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf
+    let c = b.lowHalf + b.highHalf
+    return c[0] + c[1]
+}
+
+/// Σ a[i]·b[i] with two vector accumulators and a tree reduction (fixed order: deterministic).
+@inline(__always)
+func rowDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var s0 = F16(), s1 = F16()
+    var i = 0
+    while i + 32 <= n {
+        s0 = s0.addingProduct(load16(a + i), load16(b + i))
+        s1 = s1.addingProduct(load16(a + i + 16), load16(b + i + 16))
+        i += 32
+    }
+    if i + 16 <= n { s0 = s0.addingProduct(load16(a + i), load16(b + i)); i += 16 }
+    var s = horizontalSum(s0 + s1)
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
 
 /// dst[i] = alpha · src[i]
 @inline(__always)

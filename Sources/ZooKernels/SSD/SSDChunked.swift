@@ -45,21 +45,17 @@ public func ssdChunkedForward(_ inputs: SSDInputs, options: SSDOptions = SSDOpti
         // (4) state → output, per (batch, chunk); chunk 0 only has a state when h0 is given.
         let first = inp.initialState == nil ? 1 : 0
         let chunks = lay.nChunks - first
-        ZooThreads.parallelFor(s.batch * chunks) { range in
-            let work = ChunkWorkspace(lay)
-            defer { withExtendedLifetime(work) {} }
-            for item in range {
-                let b = item / chunks, c = first + item % chunks
-                let t0 = c * Q, q = min(Q, s.length - t0)
-                work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: false)
-                for h in 0..<H {
-                    ssdStateToOutputForward(q: q, p: P, n: N, c: inp.C + lay.bcOffset(b, t0, h / s.headsPerGroup), ldc: lay.bcRow,
-                                            stateTransposed: sp + lay.stateSlot(b, h, c), ldStateTransposed: P,
-                                            logDecay: work.logDecay(h), rowScale: nil,
-                                            y: work.headRows(h), ldy: P, accumulate: false, scratch: work.blockScratch)
-                }
-                work.addHeadRows(to: yp + lay.xOffset(b, t0, 0), lay, q: q)
+        forEachChunk(s.batch * chunks, lay) { work, item in
+            let b = item / chunks, c = first + item % chunks
+            let t0 = c * Q, q = min(Q, s.length - t0)
+            work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: false)
+            for h in 0..<H {
+                ssdStateToOutputForward(q: q, p: P, n: N, c: inp.C + lay.bcOffset(b, t0, h / s.headsPerGroup), ldc: lay.bcRow,
+                                        stateTransposed: sp + lay.stateSlot(b, h, c), ldStateTransposed: P,
+                                        logDecay: work.logDecay(h), rowScale: nil,
+                                        y: work.headRows(h), ldy: P, accumulate: false, scratch: work.blockScratch)
             }
+            work.addHeadRows(to: yp + lay.xOffset(b, t0, 0), lay, q: q)
         }
         for bh in 0..<(s.batch * H) {
             ssdTranspose(sp + lay.stateSlot(bh / H, bh % H, lay.nChunks), ld: P, rows: N, cols: P, into: fp + bh * P * N, ldOut: N)
@@ -76,45 +72,41 @@ func scanChunkStates(_ lay: SSDLayout, _ inp: SSDPointers, states sp: UnsafeMuta
     let (P, N, H, G, Q) = (s.headDim, s.stateSize, s.heads, s.groups, lay.Q)
     let totalDecay = ScratchBuffer(count: s.batch * H * lay.nChunks, zeroed: false)
     // (1) and (2), per (batch, chunk): the chunk's own end state goes to slot c + 1.
-    ZooThreads.parallelFor(s.batch * lay.nChunks) { range in
-        let work = ChunkWorkspace(lay)
-        defer { withExtendedLifetime(work) {} }
-        for item in range {
-            let b = item / lay.nChunks, c = item % lay.nChunks
-            let t0 = c * Q, q = min(Q, s.length - t0)
-            work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: true)
+    forEachChunk(s.batch * lay.nChunks, lay) { work, item in
+        let b = item / lay.nChunks, c = item % lay.nChunks
+        let t0 = c * Q, q = min(Q, s.length - t0)
+        work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: true)
+        if yp != nil {
+            for g in 0..<G {
+                let bc = lay.bcOffset(b, t0, g)
+                ssdChunkScores(q: q, n: N, c: inp.C + bc, ldc: lay.bcRow, b: inp.B + bc, ldb: lay.bcRow,
+                               scores: work.scores + g * Q * Q, ldScores: q, scratch: work.blockScratch)
+            }
+        }
+        for h in 0..<H {
+            let g = h / s.headsPerGroup, bc = lay.bcOffset(b, t0, g)
             if yp != nil {
-                for g in 0..<G {
-                    let bc = lay.bcOffset(b, t0, g)
-                    ssdChunkScores(q: q, n: N, c: inp.C + bc, ldc: lay.bcRow, b: inp.B + bc, ldb: lay.bcRow,
-                                   scores: work.scores + g * Q * Q, ldScores: q, scratch: work.blockScratch)
-                }
+                ssdChunkDecay(logDecay: work.logDecay(h), count: q, decay: work.decay, ldDecay: Q)
+                ssdIntraChunkForward(q: q, p: P, scores: work.scores + g * Q * Q, ldScores: q,
+                                     decay: work.decay, ldDecay: Q, weight: nil, ldWeight: 0,
+                                     x: work.values(h), ldx: P, y: work.headRows(h), ldy: P, accumulate: false,
+                                     matrix: work.matrix)
             }
-            for h in 0..<H {
-                let g = h / s.headsPerGroup, bc = lay.bcOffset(b, t0, g)
-                if yp != nil {
-                    ssdChunkDecay(logDecay: work.logDecay(h), count: q, decay: work.decay, ldDecay: Q)
-                    ssdIntraChunkForward(q: q, p: P, scores: work.scores + g * Q * Q, ldScores: q,
-                                         decay: work.decay, ldDecay: Q, weight: nil, ldWeight: 0,
-                                         x: work.values(h), ldx: P, y: work.headRows(h), ldy: P, accumulate: false,
-                                         matrix: work.matrix)
-                }
-                totalDecay.pointer[(b * H + h) * lay.nChunks + c] = ssdChunkTotalDecay(logDecay: work.logDecay(h), count: q)
-                ssdChunkStateForward(q: q, p: P, n: N, x: work.values(h), ldx: P, b: inp.B + bc, ldb: lay.bcRow,
-                                     logDecay: work.logDecay(h), stateTransposed: sp + lay.stateSlot(b, h, c + 1),
-                                     ldStateTransposed: P, beta: 0, scratch: work.blockScratch)
-            }
-            if let yp {
-                // y = intra-chunk output + D x, written row by row over the chunk's contiguous block.
-                for i in 0..<q {
-                    for h in 0..<H {
-                        let o = lay.xOffset(b, t0 + i, h)
-                        let dst = yp + o, src = work.headRows(h) + i * P, xr = inp.x + o
-                        let skip = F16(repeating: inp.D[h])
-                        var k = 0
-                        while k + 16 <= P { store16(dst + k, load16(src + k).addingProduct(skip, load16(xr + k))); k += 16 }
-                        while k < P { dst[k] = src[k] + inp.D[h] * xr[k]; k += 1 }
-                    }
+            totalDecay.pointer[(b * H + h) * lay.nChunks + c] = ssdChunkTotalDecay(logDecay: work.logDecay(h), count: q)
+            ssdChunkStateForward(q: q, p: P, n: N, x: work.values(h), ldx: P, b: inp.B + bc, ldb: lay.bcRow,
+                                 logDecay: work.logDecay(h), stateTransposed: sp + lay.stateSlot(b, h, c + 1),
+                                 ldStateTransposed: P, beta: 0, scratch: work.blockScratch)
+        }
+        if let yp {
+            // y = intra-chunk output + D x, written row by row over the chunk's contiguous block.
+            for i in 0..<q {
+                for h in 0..<H {
+                    let o = lay.xOffset(b, t0 + i, h)
+                    let dst = yp + o, src = work.headRows(h) + i * P, xr = inp.x + o
+                    let skip = F16(repeating: inp.D[h])
+                    var k = 0
+                    while k + 16 <= P { store16(dst + k, load16(src + k).addingProduct(skip, load16(xr + k))); k += 16 }
+                    while k < P { dst[k] = src[k] + inp.D[h] * xr[k]; k += 1 }
                 }
             }
         }
@@ -174,7 +166,6 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
     // reverse scan) the gradient of the state leaving chunk c. Transposed, like the states.
     let stateGrads = ScratchBuffer(count: s.batch * H * nc * N * P, zeroed: false)
     let totalDecay = ScratchBuffer(count: s.batch * H * nc, zeroed: false)
-    let decayGrad = ScratchBuffer(count: s.batch * H * nc, zeroed: false)    // e^{A_c}⟨H_c, dH_{c+1}⟩
     // Per (batch, chunk, head) sums for dA, dD, dtBias, reduced in a fixed order at the end.
     var partial = [Double](repeating: 0, count: s.batch * nc * H * 3)
     let dxp = dx.mutablePointer(), ddtp = ddt.mutablePointer(), dBp = dB.mutablePointer(), dCp = dC.mutablePointer()
@@ -185,22 +176,18 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
         let inp = SSDPointers(inputs)
         let dyp = dY.pointer, sp = states.pointer, dhT = finalStateGradient?.pointer
         // Per (batch, chunk): the gradient each chunk's outputs send to the state entering it.
-        ZooThreads.parallelFor(s.batch * nc) { range in
-            let work = ChunkWorkspace(lay)
-            defer { withExtendedLifetime(work) {} }
-            for item in range {
-                let b = item / nc, c = item % nc
-                let t0 = c * Q, q = min(Q, s.length - t0)
-                work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: false)
-                work.gatherHeadRows(dyp + lay.xOffset(b, t0, 0), lay, q: q)
-                for h in 0..<H {
-                    totalDecay.pointer[(b * H + h) * nc + c] = ssdChunkTotalDecay(logDecay: work.logDecay(h), count: q)
-                    ssdStateToOutputStateGradient(q: q, p: P, n: N, c: inp.C + lay.bcOffset(b, t0, h / hpg), ldc: lay.bcRow,
-                                                  logDecay: work.logDecay(h), rowScale: nil,
-                                                  dY: work.gradients(h), lddy: P,
-                                                  dStateTransposed: stateGrads.pointer + gradSlot(b, h, c), lddStateTransposed: P,
-                                                  accumulate: false, scratch: work.blockScratch)
-                }
+        forEachChunk(s.batch * nc, lay) { work, item in
+            let b = item / nc, c = item % nc
+            let t0 = c * Q, q = min(Q, s.length - t0)
+            work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: false)
+            work.gatherHeadRows(dyp + lay.xOffset(b, t0, 0), lay, q: q)
+            for h in 0..<H {
+                totalDecay.pointer[(b * H + h) * nc + c] = ssdChunkTotalDecay(logDecay: work.logDecay(h), count: q)
+                ssdStateToOutputStateGradient(q: q, p: P, n: N, c: inp.C + lay.bcOffset(b, t0, h / hpg), ldc: lay.bcRow,
+                                              logDecay: work.logDecay(h), rowScale: nil,
+                                              dY: work.gradients(h), lddy: P,
+                                              dStateTransposed: stateGrads.pointer + gradSlot(b, h, c), lddStateTransposed: P,
+                                              accumulate: false, scratch: work.blockScratch)
             }
         }
         // Reverse scan per (batch, head): dH_leaving(c) = dH_entering(c+1);
@@ -218,9 +205,7 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
                 }
                 for c in stride(from: nc - 1, through: 0, by: -1) {
                     let beta = totalDecay.pointer[bh * nc + c]
-                    let slot = stateGrads.pointer + gradSlot(b, h, c)
-                    decayGrad.pointer[bh * nc + c] = beta * simdDot(sp + lay.stateSlot(b, h, c), running, N * P)
-                    swapScaleAdd(slot, running, beta, N * P)
+                    swapScaleAdd(stateGrads.pointer + gradSlot(b, h, c), running, beta, N * P)
                 }
                 ssdTranspose(running, ld: P, rows: N, cols: P, into: dh0p + bh * P * N, ldOut: N)
             }
@@ -228,70 +213,75 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
         // Per (batch, chunk): everything else.
         partial.withUnsafeMutableBufferPointer { partialBuffer in
             let sums = partialBuffer.baseAddress!
-            ZooThreads.parallelFor(s.batch * nc) { range in
-                let work = ChunkWorkspace(lay)
-                defer { withExtendedLifetime(work) {} }
-                for item in range {
-                    let b = item / nc, c = item % nc
-                    let t0 = c * Q, q = min(Q, s.length - t0)
-                    work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: true)
-                    work.gatherHeadRows(dyp + lay.xOffset(b, t0, 0), lay, q: q)
-                    for g in 0..<G {
-                        let bc = lay.bcOffset(b, t0, g)
-                        ssdChunkScores(q: q, n: N, c: inp.C + bc, ldc: lay.bcRow, b: inp.B + bc, ldb: lay.bcRow,
-                                       scores: work.scores + g * Q * Q, ldScores: q, scratch: work.blockScratch)
-                        (work.scoreGrads + g * Q * Q).update(repeating: 0, count: q * q)
+            forEachChunk(s.batch * nc, lay) { work, item in
+                let b = item / nc, c = item % nc
+                let t0 = c * Q, q = min(Q, s.length - t0)
+                work.prepareChunk(lay, inp, b: b, t0: t0, q: q, values: true)
+                work.gatherHeadRows(dyp + lay.xOffset(b, t0, 0), lay, q: q)
+                for g in 0..<G {
+                    let bc = lay.bcOffset(b, t0, g)
+                    ssdChunkScores(q: q, n: N, c: inp.C + bc, ldc: lay.bcRow, b: inp.B + bc, ldb: lay.bcRow,
+                                   scores: work.scores + g * Q * Q, ldScores: q, scratch: work.blockScratch)
+                    (work.scoreGrads + g * Q * Q).update(repeating: 0, count: q * q)
+                }
+                (dBp + lay.bcOffset(b, t0, 0)).update(repeating: 0, count: q * lay.bcRow)
+                (dCp + lay.bcOffset(b, t0, 0)).update(repeating: 0, count: q * lay.bcRow)
+                for h in 0..<H {
+                    let g = h / hpg, bc = lay.bcOffset(b, t0, g)
+                    let dyc = work.gradients(h), dxd = work.headRows(h), a = work.logDecay(h)
+                    let da = work.logDecayGradient(h)
+                    da.update(repeating: 0, count: q)
+                    ssdChunkDecay(logDecay: a, count: q, decay: work.decay, ldDecay: Q)
+                    ssdIntraChunkBackward(q: q, p: P, scores: work.scores + g * Q * Q, ldScores: q,
+                                          decay: work.decay, ldDecay: Q, weight: nil, ldWeight: 0,
+                                          x: work.values(h), ldx: P, dY: dyc, lddy: P,
+                                          dX: dxd, lddx: P, accumulateX: false,
+                                          dScores: work.headScoreGrads, dWeight: nil,
+                                          dLogDecay: da, matrix: work.matrix, scratch: work.blockScratch)
+                    simdAxpy(1, work.headScoreGrads, work.scoreGrads + g * Q * Q, q * q)
+                    if c > 0 || inp.initialState != nil {
+                        ssdStateToOutputBackward(q: q, p: P, n: N, c: inp.C + bc, ldc: lay.bcRow,
+                                                 stateTransposed: sp + lay.stateSlot(b, h, c), ldStateTransposed: P,
+                                                 logDecay: a, rowScale: nil, dY: dyc, lddy: P,
+                                                 dC: dCp + bc, lddc: lay.bcRow, accumulateC: true,
+                                                 dStateTransposed: nil, lddStateTransposed: P, accumulateState: false,
+                                                 dLogDecay: da, dRowScale: nil, scratch: work.blockScratch)
                     }
-                    (dBp + lay.bcOffset(b, t0, 0)).update(repeating: 0, count: q * lay.bcRow)
-                    (dCp + lay.bcOffset(b, t0, 0)).update(repeating: 0, count: q * lay.bcRow)
-                    for h in 0..<H {
-                        let g = h / hpg, bc = lay.bcOffset(b, t0, g)
-                        let dyc = work.gradients(h), dxd = work.headRows(h), a = work.logDecay(h)
-                        let da = work.logDecayGradient(h)
-                        da.update(repeating: 0, count: q)
-                        ssdChunkDecay(logDecay: a, count: q, decay: work.decay, ldDecay: Q)
-                        ssdIntraChunkBackward(q: q, p: P, scores: work.scores + g * Q * Q, ldScores: q,
-                                              decay: work.decay, ldDecay: Q, weight: nil, ldWeight: 0,
-                                              x: work.values(h), ldx: P, dY: dyc, lddy: P,
-                                              dX: dxd, lddx: P, accumulateX: false,
-                                              dScores: work.headScoreGrads, dWeight: nil,
-                                              dLogDecay: da, matrix: work.matrix, scratch: work.blockScratch)
-                        simdAxpy(1, work.headScoreGrads, work.scoreGrads + g * Q * Q, q * q)
-                        if c > 0 || inp.initialState != nil {
-                            ssdStateToOutputBackward(q: q, p: P, n: N, c: inp.C + bc, ldc: lay.bcRow,
-                                                     stateTransposed: sp + lay.stateSlot(b, h, c), ldStateTransposed: P,
-                                                     logDecay: a, rowScale: nil, dY: dyc, lddy: P,
-                                                     dC: dCp + bc, lddc: lay.bcRow, accumulateC: true,
-                                                     dStateTransposed: nil, lddStateTransposed: P, accumulateState: false,
-                                                     dLogDecay: da, dRowScale: nil, scratch: work.blockScratch)
-                        }
-                        ssdChunkStateBackward(q: q, p: P, n: N, x: work.values(h), ldx: P, b: inp.B + bc, ldb: lay.bcRow,
-                                              logDecay: a,
-                                              dStateTransposed: stateGrads.pointer + gradSlot(b, h, c), lddStateTransposed: P,
-                                              dX: dxd, lddx: P, accumulateX: true,
-                                              dB: dBp + bc, lddb: lay.bcRow, accumulateB: true,
-                                              dLogDecay: da, scratch: work.blockScratch)
-                        // The e^{A_c} H_c term of the scan: A_c is the sum of every a in the chunk.
-                        let dTotal = decayGrad.pointer[(b * H + h) * nc + c]
-                        for i in 0..<q { da[i] += dTotal }
-                    }
-                    // The scores are shared by a group's heads: dC += dS·B, dB += dSᵀ·C once per group.
-                    for g in 0..<G {
-                        let bc = lay.bcOffset(b, t0, g), dS = work.scoreGrads + g * Q * Q
-                        gemm(m: q, n: N, k: q, a: dS, lda: q, b: inp.B + bc, ldb: lay.bcRow, beta: 1, c: dCp + bc, ldc: lay.bcRow)
-                        gemm(transA: true, m: q, n: N, k: q, a: dS, lda: q, b: inp.C + bc, ldb: lay.bcRow, beta: 1, c: dBp + bc, ldc: lay.bcRow)
-                    }
-                    // Back through a = Δ A, X = Δ ∘ x, Δ = softplus(dt + bias) and D x, row by row over
-                    // the chunk's contiguous block.
-                    var sumA = [Double](repeating: 0, count: H), sumD = sumA, sumBias = sumA
+                    ssdChunkStateBackward(q: q, p: P, n: N, x: work.values(h), ldx: P, b: inp.B + bc, ldb: lay.bcRow,
+                                          logDecay: a,
+                                          dStateTransposed: stateGrads.pointer + gradSlot(b, h, c), lddStateTransposed: P,
+                                          dX: dxd, lddx: P, accumulateX: true,
+                                          dB: dBp + bc, lddb: lay.bcRow, accumulateB: true,
+                                          dLogDecay: da, scratch: work.blockScratch)
+                    // The e^{A_c} H_c term of the scan: A_c is the sum of every a in the chunk, and
+                    // its gradient e^{A_c}⟨H_c, dH_leaving⟩ (both already in cache here).
+                    let dTotal = totalDecay.pointer[(b * H + h) * nc + c]
+                        * rowDot(sp + lay.stateSlot(b, h, c), stateGrads.pointer + gradSlot(b, h, c), N * P)
+                    for i in 0..<q { da[i] += dTotal }
+                }
+                // The scores are shared by a group's heads: dC += dS·B, dB += dSᵀ·C once per group.
+                for g in 0..<G {
+                    let bc = lay.bcOffset(b, t0, g), dS = work.scoreGrads + g * Q * Q
+                    gemm(m: q, n: N, k: q, a: dS, lda: q, b: inp.B + bc, ldb: lay.bcRow, beta: 1, c: dCp + bc, ldc: lay.bcRow)
+                    gemm(transA: true, m: q, n: N, k: q, a: dS, lda: q, b: inp.C + bc, ldb: lay.bcRow, beta: 1, c: dBp + bc, ldc: lay.bcRow)
+                }
+                // Back through a = Δ A, X = Δ ∘ x, Δ = softplus(dt + bias) and D x, row by row over
+                // the chunk's contiguous block.
+                withUnsafeTemporaryAllocation(of: SIMD8<Double>.self, capacity: H) { dBuffer in
+                withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * H) { sBuffer in
+                    // dD = Σ dy·x: products accumulated in Double lanes (Float products are
+                    // exact in Double; a long cancelling sum keeps its digits), reduced once.
+                    let sumD = dBuffer.baseAddress!, sumA = sBuffer.baseAddress!, sumBias = sumA + H
+                    sumD.initialize(repeating: SIMD8<Double>(), count: H)
+                    sumA.initialize(repeating: 0, count: 2 * H)
                     for i in 0..<q {
                         for h in 0..<H {
                             let o = lay.xOffset(b, t0 + i, h)
                             let xr = inp.x + o, dyr = dyp + o, dxr = dxp + o, dxdr = work.headRows(h) + i * P
                             let delta = work.delta(h)[i], da = work.logDecayGradient(h)[i]
-                            let dDelta = simdDot(dxdr, xr, P) + da * inp.A[h]
+                            let dDelta = rowDot(dxdr, xr, P) + da * inp.A[h]
                             sumA[h] += Double(da * delta)
-                            sumD[h] += doubleDot(dyr, xr, P)
+                            accumulateProducts(dyr, xr, P, into: &sumD[h])
                             let d = F16(repeating: delta), skip = F16(repeating: inp.D[h])
                             var k = 0
                             while k + 16 <= P {
@@ -306,8 +296,9 @@ public func ssdChunkedBackward(_ inputs: SSDInputs, outputGradient dY: Tensor,
                     }
                     for h in 0..<H {
                         let k = ((b * nc + c) * H + h) * 3
-                        sums[k] = sumA[h]; sums[k + 1] = sumD[h]; sums[k + 2] = sumBias[h]
+                        sums[k] = sumA[h]; sums[k + 1] = sumD[h].sum(); sums[k + 2] = sumBias[h]
                     }
+                }
                 }
             }
         }
@@ -346,6 +337,36 @@ private func swapScaleAdd(_ slot: UnsafeMutablePointer<Float>, _ running: Unsafe
 }
 
 // MARK: - Shared pieces
+
+/// Runs `body(workspace, item)` for every item in 0..<count on the workers, handing items out one
+/// at a time, so a worker slowed by other load on the machine takes fewer of them. Each worker has
+/// its own workspace. Which worker takes an item never changes a result: items write disjoint
+/// outputs, and per-item partial sums are reduced in item order afterwards.
+func forEachChunk(_ count: Int, _ lay: SSDLayout, _ body: (ChunkWorkspace, Int) -> Void) {
+    if count <= 0 { return }
+    let workers = min(ZooThreads.count, count)
+    let next = ItemCounter()
+    ZooThreads.parallelFor(workers) { range in
+        for _ in range {
+            let work = ChunkWorkspace(lay)
+            while let item = next.take(below: count) { body(work, item) }
+            withExtendedLifetime(work) {}
+        }
+    }
+}
+
+/// A shared counter handing out 0, 1, 2, … (one lock per item: nanoseconds against the tens of
+/// microseconds an item takes).
+final class ItemCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func take(below count: Int) -> Int? {
+        lock.lock(); defer { lock.unlock() }
+        if value >= count { return nil }
+        value += 1
+        return value - 1
+    }
+}
 
 /// Index arithmetic of the canonical layouts plus the chunking.
 struct SSDLayout {
@@ -403,8 +424,10 @@ final class ChunkWorkspace {
         self.Q = Q; self.P = P
         let sizes = [H * Q, H * Q, H * Q, H * Q, H * Q * P, H * Q * P, H * Q * P, Q * Q, Q * Q, Q * Q,
                      G * Q * Q, G * Q * Q, 2 * Q * (P + N) + P * N, H * Q]
-        // Each piece starts on a 64-byte boundary.
-        let rounded = sizes.map { ($0 + 15) / 16 * 16 }
+        // Each piece starts on a 64-byte boundary, and pieces are skewed by a cache line beyond
+        // that: buffers a multiple of 4 KiB apart make loads from one wait on stores to the other
+        // (4K aliasing; measured on the Q×Q row passes).
+        let rounded = sizes.map { ($0 + 15) / 16 * 16 + 16 }
         buffer = ScratchBuffer(count: rounded.reduce(0, +), zeroed: false)
         var offsets: [Int] = [], acc = 0
         for r in rounded { offsets.append(acc); acc += r }
@@ -491,10 +514,10 @@ func ssdDelta(_ v: UnsafePointer<Float>, count: Int, softplus: Bool,
     }
 }
 
-/// Σ a[i]·b[i] accumulated in Double: Float products are exact in Double, so a long reduction that
-/// cancels (dD = Σ dy·x over every token) keeps its digits.
-@inline(__always) func doubleDot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Double {
-    var acc = SIMD8<Double>()
+/// acc += a[i]·b[i] lane-wise in Double (the tail folded into lane 0): Float products are exact in
+/// Double, so a long reduction that cancels (dD = Σ dy·x over every token) keeps its digits.
+@inline(__always) func accumulateProducts(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int,
+                                          into acc: inout SIMD8<Double>) {
     var i = 0
     while i + 8 <= n {
         let x = SIMD8<Double>(UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self))
@@ -502,7 +525,5 @@ func ssdDelta(_ v: UnsafePointer<Float>, count: Int, softplus: Bool,
         acc = acc.addingProduct(x, y)
         i += 8
     }
-    var sum = acc.sum()
-    while i < n { sum += Double(a[i]) * Double(b[i]); i += 1 }
-    return sum
+    while i < n { acc[0] += Double(a[i]) * Double(b[i]); i += 1 }
 }
