@@ -9,7 +9,7 @@ import ZooTensor
 // are transposed per K-step chunk into [K][16] tiles (contiguous time loop), B and C once per call
 // into [L][Npad] rows (one broadcast per state and step). Work items are (batch, 16-channel tile),
 // split over the workers; every output element is written by one item, so the result does not
-// depend on the thread count. The exponential is base 2 on A·log2(e) (ScanMath.exp2Vector).
+// depend on the thread count. The exponential is base 2 on A·log2(e) (SelectiveScanMath.swift, exp2Vector).
 // For the backward it saves only the state at the start of every K-step chunk.
 
 /// Raw input pointers for the parallel loops (read-only; valid while the inputs live).
@@ -47,7 +47,7 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
 
     withExtendedLifetime((x, bRows, cRows)) {
         ZooThreads.parallelFor(s.batch * geo.blocks) { range in
-            let scratch = ForwardScratch(geo)
+            let scratch = ScanForwardScratch(geo)
             for item in range {
                 forwardTile(item: item, geo: geo, x: inputs, softplus: softplus, scratch: scratch,
                             out: outPointer.pointer, final: finalPointer.pointer,
@@ -61,7 +61,7 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
 
 /// One worker's tiles: A·log2e and the state as [Npad][16], five [K][16] time tiles, and a 16×16
 /// block of transpose work space.
-struct ForwardScratch {
+struct ScanForwardScratch {
     let buffer: ScratchBuffer
     let a2, h, dt, du, u, z, y, spare: UnsafeMutablePointer<Float>
     init(_ geo: ScanGeometry) {
@@ -114,7 +114,7 @@ struct ForwardScratch {
     }
 }
 
-func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: Bool, scratch: ForwardScratch,
+func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: Bool, scratch: ScanForwardScratch,
                  out: UnsafeMutablePointer<Float>, final: UnsafeMutablePointer<Float>,
                  checkpoints: UnsafeMutablePointer<Float>?) {
     let s = geo.shape

@@ -53,7 +53,7 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
     let inputs = ScanInputPointers(x, bRows: bRows, cRows: cRows)
     var gzPointer: SendablePointer<Float>? = nil
     if gz != nil { gzPointer = SendablePointer(gz!.mutablePointer()) }
-    let outputs = BackwardOutputs(
+    let outputs = ScanBackwardOutputs(
         gu: gu.mutablePointer(), gdelta: gdelta.mutablePointer(), gz: gzPointer?.pointer, gh0: gh0.mutablePointer(),
         gA: perBatchA.pointer, gD: perBatchD.pointer, gBias: perBatchBias.pointer,
         partialB: partialB.pointer, partialC: partialC.pointer,
@@ -62,7 +62,7 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
 
     withExtendedLifetime((x, saved, gradOut, gradFinalState, bRows, cRows)) {
         ZooThreads.parallelFor(items) { range in
-            let scratch = BackwardScratch(geo)
+            let scratch = ScanBackwardScratch(geo)
             for item in range {
                 let slice = item % slices, bg = item / slices
                 let b = bg / s.groups, g = bg % s.groups
@@ -108,7 +108,7 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
         deltaBias: x.deltaBias == nil ? nil : batchSum(perBatchBias, nd, [nd]), initialState: gh0)
 }
 
-struct BackwardOutputs: @unchecked Sendable {
+struct ScanBackwardOutputs: @unchecked Sendable {
     let gu, gdelta: UnsafeMutablePointer<Float>
     let gz: UnsafeMutablePointer<Float>?
     let gh0, gA, gD, gBias, partialB, partialC: UnsafeMutablePointer<Float>
@@ -119,7 +119,7 @@ struct BackwardOutputs: @unchecked Sendable {
 
 /// One worker's tiles: [Npad][16] matrices (A, A·log2e, adjoint carry, ∂A), the recomputed
 /// a_t and h_{t−1} of one 16-state group for a chunk ([K][16][16] each), and [K][16] time tiles.
-struct BackwardScratch {
+struct ScanBackwardScratch {
     let buffer: ScratchBuffer
     let a, a2, carry, gA, h, decay, hPrev: UnsafeMutablePointer<Float>
     let u, dt, du, sig, z, gout, gy, y, gdt, gu, spare: UnsafeMutablePointer<Float>
@@ -134,7 +134,7 @@ struct BackwardScratch {
 }
 
 func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: Bool,
-                  scratch w: BackwardScratch, o: BackwardOutputs) {
+                  scratch w: ScanBackwardScratch, o: ScanBackwardOutputs) {
     let s = geo.shape
     let (g, first, width) = geo.tile(block)
     let np = geo.paddedState, l = s.length
@@ -251,7 +251,7 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
 }
 
 /// Per-step sums over the states, two of each to halve the dependency chains.
-struct ReverseAccumulators {
+struct ScanReverseAccumulators {
     var y0 = F16(), y1 = F16(), gdt0 = F16(), gdt1 = F16(), sumB0 = F16(), sumB1 = F16()
 }
 
@@ -261,7 +261,7 @@ struct ReverseAccumulators {
                                  a ap: UnsafePointer<Float>, carry: UnsafeMutablePointer<Float>,
                                  gA: UnsafeMutablePointer<Float>, dt d: F16, du x: F16, gy: F16,
                                  bRow bt: UnsafePointer<Float>, cRow ct: UnsafePointer<Float>,
-                                 acc: inout ReverseAccumulators) -> (c: F16, b: F16) {
+                                 acc: inout ScanReverseAccumulators) -> (c: F16, b: F16) {
     @inline(always) func one(_ n: Int, _ y: inout F16, _ gdt: inout F16, _ sumB: inout F16) -> (gc: F16, gb: F16) {
         var c = vload(carry + 16 * n), ga = vload(gA + 16 * n)
         let r = reverseState(decay: vload(dp + 16 * n), hPrev: vload(pp + 16 * n), dt: d, du: x, gy: gy,
@@ -282,7 +282,7 @@ struct ReverseAccumulators {
 /// tiles of `w`.
 @inline(__always) func reverseStateGroup(carry: UnsafeMutablePointer<Float>, gA: UnsafeMutablePointer<Float>,
                                          a ap: UnsafePointer<Float>, decay: UnsafePointer<Float>,
-                                         hPrev: UnsafePointer<Float>, w: BackwardScratch,
+                                         hPrev: UnsafePointer<Float>, w: ScanBackwardScratch,
                                          bRows: UnsafePointer<Float>, cRows: UnsafePointer<Float>, rowStride: Int,
                                          partialB: UnsafeMutablePointer<Float>, partialC: UnsafeMutablePointer<Float>,
                                          count: Int) {
@@ -290,7 +290,7 @@ struct ReverseAccumulators {
         let d = vload(w.dt + 16 * t), x = vload(w.du + 16 * t), gy = vload(w.gy + 16 * t)
         let bt = bRows + t * rowStride, ct = cRows + t * rowStride
         let dp = decay + 256 * t, pp = hPrev + 256 * t
-        var acc = ReverseAccumulators()
+        var acc = ScanReverseAccumulators()
         let q0 = reverseFour(0, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
         let q1 = reverseFour(4, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
         let q2 = reverseFour(8, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
