@@ -73,11 +73,16 @@ let package = Package(
                                                    "ZooData", "ZooCheckpoint", "ZooExperiment",
                                                    .product(name: "Yams", package: "Yams")],
                 swiftSettings: optimised),
+        // Measurements after training (quality, throughput, state memory vs length), the tidy CSV,
+        // terminal tables, SVG plots, the MQAR sweep summary and the child-process sweep scheduler.
+        .target(name: "ZooEval", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers", "ZooModels", "ZooData",
+                                               "ZooCheckpoint", "ZooExperiment", "ZooTraining"],
+                swiftSettings: optimised),
         .target(name: "ZooTestSupport", dependencies: ["ZooTensor", "ZooAutograd", "ZooNN", "ZooMixers"], swiftSettings: optimised),
 
         // MARK: Command-line tool (thin: parsing and printing)
         .executableTarget(name: "zoo", dependencies: [
-            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooModels", "ZooData", "ZooExperiment", "ZooTraining", "ZooBench", "CBLAS",
+            "ZooTensor", "ZooAutograd", "ZooNN", "ZooKernels", "ZooMixers", "ZooModels", "ZooData", "ZooExperiment", "ZooTraining", "ZooEval", "ZooBench", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimised),
 
@@ -89,6 +94,7 @@ let package = Package(
         .testTarget(name: "ZooNNTests", dependencies: ["ZooNN", "ZooTestSupport"]),
         .testTarget(name: "ZooExperimentTests", dependencies: ["ZooExperiment", "ZooTestSupport"]),
         .testTarget(name: "ZooTrainingTests", dependencies: ["ZooTraining", "ZooCheckpoint", "ZooTestSupport"]),
+        .testTarget(name: "ZooEvalTests", dependencies: ["ZooEval", "ZooTraining", "ZooCheckpoint", "ZooTestSupport"]),
         .testTarget(name: "ZooModelsTests", dependencies: ["ZooModels", "ZooTestSupport"]),
         .testTarget(name: "ZooMixersTests", dependencies: ["ZooMixers", "ZooTestSupport"]),
         .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),

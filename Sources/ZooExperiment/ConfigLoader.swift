@@ -250,6 +250,7 @@ public enum ConfigLoader {
         for l in c.eval.lengths where l < 1 { throw fail("eval.lengths", "lengths must be ≥ 1, got \(l)") }
         try positive(c.eval.batchSize, "eval.batch_size"); try positive(c.eval.decodeTokens, "eval.decode_tokens")
         try positive(c.eval.qualityBatches, "eval.quality_batches")
+        if !(c.eval.maxSeconds > 0) { throw fail("eval.max_seconds", "must be > 0, got \(c.eval.maxSeconds)") }
     }
 
     // MARK: Lines

@@ -252,10 +252,16 @@ public struct EvalConfig: Codable, Sendable {
     public var batchSize: Int = 1
     public var decodeTokens: Int = 32
     public var qualityBatches: Int = 4
+    /// `zoo train` evaluates the experiment and prints the comparison once every run has finished.
+    public var afterTrain: Bool = false
+    /// A measurement predicted (from the same model's shorter lengths) to take longer than this is
+    /// skipped and says so, so long-length sweeps stay within a time budget.
+    public var maxSeconds: Double = 60
 
     public init() {}
     enum CodingKeys: String, CodingKey, CaseIterable {
         case lengths, throughput, memory, quality, batchSize = "batch_size", decodeTokens = "decode_tokens", qualityBatches = "quality_batches"
+        case afterTrain = "after_train", maxSeconds = "max_seconds"
     }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -266,14 +272,18 @@ public struct EvalConfig: Codable, Sendable {
         batchSize = try c.decodeIfPresent(Int.self, forKey: .batchSize) ?? batchSize
         decodeTokens = try c.decodeIfPresent(Int.self, forKey: .decodeTokens) ?? decodeTokens
         qualityBatches = try c.decodeIfPresent(Int.self, forKey: .qualityBatches) ?? qualityBatches
+        afterTrain = try c.decodeIfPresent(Bool.self, forKey: .afterTrain) ?? afterTrain
+        maxSeconds = try c.decodeIfPresent(Double.self, forKey: .maxSeconds) ?? maxSeconds
     }
     public static let keyReference: [(key: String, description: String)] = [
         ("lengths", "sequence lengths to measure (default: the training seq_len and 2× and 4× it)"),
-        ("throughput", "measure training, prefill and decode tokens/s (default true)"),
-        ("memory", "measure decode-state bytes (measured and analytic) and peak RSS (default true)"),
-        ("quality", "measure validation loss / perplexity or MQAR accuracy (default true)"),
-        ("batch_size", "batch for throughput measurements (default 1)"),
+        ("throughput", "measure training (forward + backward), prefill and decode tokens/s (default true)"),
+        ("memory", "measure decode-state bytes (measured and analytic), bytes read per decoded token and peak RSS (default true)"),
+        ("quality", "measure validation loss / perplexity or MQAR accuracy; needs trained weights (default true)"),
+        ("batch_size", "batch for throughput and memory measurements (default 1)"),
         ("decode_tokens", "tokens decoded one at a time per decode measurement (default 32)"),
-        ("quality_batches", "validation batches per length (default 4)"),
+        ("quality_batches", "validation batches (of train.batch_size sequences) per length (default 4)"),
+        ("after_train", "`zoo train` evaluates the experiment and prints the comparison when all its runs have finished (default false)"),
+        ("max_seconds", "skip a measurement predicted to take longer than this, from the same model's shorter lengths (default 60)"),
     ]
 }

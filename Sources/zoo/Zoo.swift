@@ -22,7 +22,7 @@ struct Zoo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "zoo",
         abstract: "Compare sequence mixers (attention, Mamba, Mamba-2, log-linear, NSA) on one CPU harness.",
-        subcommands: [Train.self, Bench.self, ConfigCommand.self],
+        subcommands: [Train.self, Eval.self, Bench.self, ConfigCommand.self],
         defaultSubcommand: nil)
 }
 
