@@ -27,6 +27,25 @@ import ZooTraining
         }
     }
 
+    @Test func aLengthBeyondARealMixersLimitFailsBeforeAnyMeasurement() throws {
+        guard MixerRegistry.configType(named: "loglinear_mamba2") != nil else { return }
+        let file = temporaryDirectory().appendingPathComponent("levels.yaml")
+        try """
+        name: limit
+        model: {d_model: 32, n_layers: 1, mixer: {type: loglinear_mamba2, levels: 5, head_dim: 16, d_state: 8, chunk: 8}}
+        data: {task: text, seq_len: 16}
+        eval: {lengths: [16, 32], quality: false}
+        """.write(to: file, atomically: true, encoding: .utf8)
+        let out = temporaryDirectory()
+        do {
+            _ = try EvalSession(path: file.path, output: out, root: ".", environment: testEnvironment(), log: quiet)
+            Issue.record("expected an error")
+        } catch let e as EvalError {
+            #expect(e.message.contains("eval length 32") && e.message.contains("at most 16") && e.message.contains("loglinear_mamba2"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: out.appendingPathComponent("eval.csv").path))
+    }
+
     @Test func aTrainedSweepIsEvaluatedFromItsRunFoldersAndSummarised() throws {
         guard let mixer = MixerRegistry.typeNames.contains("attention") ? "attention" : MixerRegistry.typeNames.first else { return }
         let dir = temporaryDirectory()
