@@ -63,7 +63,7 @@ public enum EvalSummary {
 
     /// The tables; with more than `maximumSeries` models (a large sweep) only a note, the state-bytes
     /// check and the skips (the sweep has its own summary, and eval.csv every row).
-    public static func render(_ rows: [EvalRow], maximumSeries: Int = 24) -> String {
+    public static func render(_ rows: [EvalRow], maximumSeries: Int = EvalPlots.maximumSeries) -> String {
         guard !rows.isEmpty else { return "(no measurements)" }
         let labels = labels(rows)
         let metrics = Set(rows.map(\.metric)).sorted { EvalMetric.rank($0) < EvalMetric.rank($1) }

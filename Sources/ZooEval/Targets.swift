@@ -52,6 +52,7 @@ public enum EvalInputs {
             throw EvalError("\(path): no such file or folder (give a run folder, an experiment output folder or a config file)")
         }
         let url = URL(fileURLWithPath: path).standardizedFileURL
+        if isDirectory.boolValue { try checkRunOverrides(overrides) }
         if !isDirectory.boolValue {
             let runs = try ConfigLoader.loadRuns(path: path, overrides: overrides)
             let targets = runs.map { EvalTarget(experiment: $0.config.name, run: $0.name, config: $0.config) }
@@ -99,6 +100,13 @@ public enum EvalInputs {
         return found
     }
 
+    static func checkRunOverrides(_ overrides: [String]) throws {
+        for o in overrides where !o.hasPrefix("eval.") {
+            throw EvalError("--set \(o): a trained run's model, data and training are fixed by its checkpoint; "
+                            + "only eval.* keys can be overridden when evaluating run folders")
+        }
+    }
+
     /// A trained run: its checkpoint must exist (checked first: an untrained folder is the common
     /// mistake), then its config.yaml is loaded strictly. Only `eval.*` keys may be overridden: the
     /// model, data and training are fixed by the checkpoint.
@@ -109,10 +117,7 @@ public enum EvalInputs {
                             + "checkpoint. Train it (`zoo train CONFIG --resume`), or evaluate the config file itself to measure "
                             + "throughput and memory with random weights")
         }
-        for o in overrides where !o.hasPrefix("eval.") {
-            throw EvalError("--set \(o): a trained run's model, data and training are fixed by its checkpoint; "
-                            + "only eval.* keys can be overridden when evaluating run folders")
-        }
+        try checkRunOverrides(overrides)
         let config = try ConfigLoader.load(path: dir.appendingPathComponent("config.yaml").path, overrides: overrides)
         return EvalTarget(experiment: config.name, run: dir.lastPathComponent, config: config, checkpoint: checkpoint, runDirectory: dir)
     }

@@ -101,11 +101,11 @@ struct Train: ParsableCommand {
         try reportingErrors { try SweepTraining.checkUnfinished(points, output: output, resume: resume, restart: restart) }
         let threads = max(1, ZooThreads.count / jobs)
         if jobs > ZooThreads.count {
-            print("note: \(jobs) jobs on \(ZooThreads.count) threads: each run gets 1 thread and the cores are oversubscribed")
+            writeLine("note: \(jobs) jobs on \(ZooThreads.count) threads: each run gets 1 thread and the cores are oversubscribed")
         }
         let pending = points.filter { restart || !ExperimentRunner.isFinished(ExperimentRunner.runDirectory($0.run, output: output)) }
-        if pending.count < points.count { print("\(points.count - pending.count) run(s) finished earlier, skipped") }
-        print("training \(pending.count) run(s), \(jobs) at a time, \(threads) thread(s) each")
+        if pending.count < points.count { writeLine("\(points.count - pending.count) run(s) finished earlier, skipped") }
+        writeLine("training \(pending.count) run(s), \(jobs) at a time, \(threads) thread(s) each")
         let jobsList = pending.map { p in
             SweepScheduler.Job(name: p.run.name,
                                arguments: SweepTraining.childArguments(p, overrides: overrides, output: output, threads: threads,
@@ -114,12 +114,12 @@ struct Train: ParsableCommand {
         }
         let outcomes = try reportingErrors {
             try SweepScheduler.run(executable: SweepScheduler.currentExecutable(), jobs: jobsList, concurrency: jobs,
-                                   stopRequested: { StopSignal.isRequested })
+                                   log: writeLine, stopRequested: { StopSignal.isRequested })
         }
-        print("\n\(points.count) runs:")
+        writeLine("\n\(points.count) runs:")
         for p in points {
             let dir = ExperimentRunner.runDirectory(p.run, output: output)
-            print("  \(p.run.name): \(SweepTraining.doneSummary(dir) ?? "not finished")")
+            writeLine("  \(p.run.name): \(SweepTraining.doneSummary(dir) ?? "not finished")")
         }
         let failed = zip(pending, outcomes).filter { $0.1.status != 0 }
         if StopSignal.isRequested { throw ExitCode(130) }
@@ -134,6 +134,7 @@ struct Train: ParsableCommand {
 
     /// Evaluates each experiment whose config sets eval.after_train, once all its runs have finished.
     func evaluateAfterTraining(_ points: [SweepTraining.Point], output: URL, root: String) throws {
+        fflush(nil)   // print() is buffered, writeLine is not: keep the run summary before the evaluation
         var names: [String] = []
         for p in points where !names.contains(p.run.config.name) { names.append(p.run.config.name) }
         for name in names {
@@ -141,17 +142,17 @@ struct Train: ParsableCommand {
             guard group.contains(where: { $0.run.config.eval.afterTrain }) else { continue }
             let unfinished = group.filter { !ExperimentRunner.isFinished(ExperimentRunner.runDirectory($0.run, output: output)) }
             guard unfinished.isEmpty else {
-                print("\(name): \(unfinished.count) run(s) not finished; evaluate later with `zoo eval \(output.appendingPathComponent(name).path)`")
+                writeLine("\(name): \(unfinished.count) run(s) not finished; evaluate later with `zoo eval \(output.appendingPathComponent(name).path)`")
                 continue
             }
-            print("\nevaluating \(name) (eval.after_train)")
+            writeLine("\nevaluating \(name) (eval.after_train)")
             let report = try reportingErrors {
                 let session = try EvalSession(targets: try SweepTraining.evaluationTargets(group, output: output),
                                               output: output.appendingPathComponent(name).appendingPathComponent("eval"), root: root,
                                               environment: EvalEnvironment.current(root: root), log: writeLine)
                 return try session.run()
             }
-            print("\n" + report.text)
+            writeLine("\n" + report.text)
         }
     }
 }

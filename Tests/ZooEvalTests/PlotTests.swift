@@ -118,9 +118,9 @@ func samplePlotRows() -> [EvalRow] {
     }
 
     @Test func aLargeSweepGetsANoteInsteadOfTables() {
-        let many = (0..<30).map { sampleRow(run: "r\($0)") }
+        let many = (0..<13).map { sampleRow(run: "r\($0)") }
         let text = EvalSummary.render(many)
-        #expect(text.contains("30 models: per-model tables omitted") && !text.contains("state_bytes (bytes)"))
+        #expect(text.contains("13 models: per-model tables omitted") && !text.contains("state_bytes (bytes)"))
     }
 
     @Test func labelsAreMixersUnlessSeveralRunsShareOne() {
