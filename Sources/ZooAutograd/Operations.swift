@@ -261,9 +261,16 @@ extension Variable {
         }
     }
 
+    /// Pieces along `axis`, recorded as one node: the backward concatenates the pieces' gradients
+    /// (zeros only for pieces that received none), instead of one zero-padded full-size gradient
+    /// per piece.
     public func split(axis: Int, sizes: [Int]) -> [Variable] {
-        var start = 0
-        return sizes.map { s in defer { start += s }; return slice(axis: axis, start..<(start + s)) }
+        let parts = value.split(axis: axis, sizes: sizes)
+        let ax = axis < 0 ? axis + rank : axis
+        return recordMulti(parts, inputs: [self]) { grads in
+            let filled = zip(grads, parts).map { $0 ?? Tensor.zeros($1.shape) }
+            return [Tensor.concatenate(filled, axis: ax)]
+        }
     }
 
     public static func concatenate(_ parts: [Variable], axis: Int) -> Variable {

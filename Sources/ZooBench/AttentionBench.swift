@@ -26,6 +26,7 @@ public func runAttentionBenchmark(lengths: [Int], decodeLength: Int = 16384, qui
                        "naive fwd ms", "naive fwd GF/s", "naive f+b ms", "naive f+b GF/s"])
     var naiveSecondsPerFlop: Double? = nil
     var goals: [String] = []
+    var cpuSeconds = 0.0, wallSeconds = 0.0
     for T in lengths {
         var x = AttentionBenchBuffers(batch: batch, length: T, heads: heads, headDim: d)
         let flops = 2.0 * Double(batch * heads) * Double(T) * Double(T) * Double(d)
@@ -39,8 +40,10 @@ public func runAttentionBenchmark(lengths: [Int], decodeLength: Int = 16384, qui
         x.flashForwardBackward()   // warm-up (page faults, first touch of scratch)
         for _ in 0..<rounds {
             let c = sgemmCeilingSample()
+            let c0 = cpuNow(), w0 = now()
             let tf = measure(warmup: 0, repeats: 1, minSeconds: quick ? 0.02 : 0.1) { x.flashForward() }.median
             let tb = measure(warmup: 0, repeats: 1, minSeconds: quick ? 0.02 : 0.1) { x.flashForwardBackward() }.median
+            cpuSeconds += cpuNow() - c0; wallSeconds += now() - w0
             ceilingSamples.append(c); fwdSamples.append(tf); fbSamples.append(tb)
             fwdRatios.append(fwdFlops / tf / 1e9 / c); fbRatios.append(fbFlops / tb / 1e9 / c)
         }
@@ -73,6 +76,10 @@ public func runAttentionBenchmark(lengths: [Int], decodeLength: Int = 16384, qui
     report.append(table.render())
     if !goals.isEmpty { report.append(goals.joined(separator: "\n")) }
     report.append("naive = the Double spec kernel (scalar loops, T×T scores per worker); skipped where > 3 GB or projected > 20 s")
+    // How much of the machine the flash runs actually got: 100 % = all workers on a core the
+    // whole time; much less means other processes shared the cores and the absolute times (but
+    // less so the per-round ratios) are inflated.
+    report.append("CPU share of the flash runs: \(fmt(100 * cpuSeconds / max(wallSeconds, 1e-9) / Double(ZooThreads.count)))% of \(ZooThreads.count) cores (process CPU time ÷ wall time ÷ workers)")
     report.append("")
     report.append(decodeBenchmark(length: quick ? 2048 : decodeLength, heads: heads, headDim: d, quick: quick))
     return report.joined(separator: "\n")
@@ -195,6 +202,23 @@ func cpuBest(_ runs: Int = 5, _ body: () -> Void) -> Double {
 /// ZOO_DEV=1 zoo bench attention --threads 1: single-thread efficiency in process CPU time, which
 /// a busy shared machine disturbs far less than wall time (used while tuning the kernels).
 func devProbe(lengths: [Int]) -> String {
+    if ProcessInfo.processInfo.environment["ZOO_DEV"] == "decode" {
+        // One token against a 16k cache: bytes read per CPU-second, against a memcpy's.
+        var g = SeededGenerator(seed: 5)
+        var cache = AttentionKVCache(batch: 1, keyValueHeads: 4, headDim: 64)
+        for _ in 0..<16 {
+            let k = Tensor.normal([1, 1024, 4, 64], generator: &g), v = Tensor.normal([1, 1024, 4, 64], generator: &g)
+            cache.append(keys: k.pointer, values: v.pointer, count: 1024)
+        }
+        let q = Tensor.normal([1, 1, 4, 64], generator: &g)
+        var o = Tensor.zeros([1, 1, 4, 64])
+        let po = o.mutablePointer()
+        let td = cpuBest(20) { attentionDecode(q: q.pointer, queryLength: 1, queryHeads: 4, cache: cache, output: po) }
+        let src = ScratchBuffer(count: cache.byteCount / 4), dst = ScratchBuffer(count: cache.byteCount / 4)
+        let tc = cpuBest(20) { dst.pointer.update(from: src.pointer, count: src.count) }
+        let bytes = Double(cache.byteCount)
+        return "decode \(fmt(td * 1e6, 0)) µs = \(fmt(bytes / td / 1e9, 1)) GB/s read per CPU-second; memcpy \(fmt(bytes / tc / 1e9, 1)) GB/s"
+    }
     let n = 1024
     let ops = SgemmOperands.shared(n)
     let ts = cpuBest(5) {
@@ -204,6 +228,20 @@ func devProbe(lengths: [Int]) -> String {
     var out = ["1-thread CPU-time probe: sgemm 1024² \(fmt(ceiling)) GFLOP/s"]
     for T in lengths {
         var x = AttentionBenchBuffers(batch: 1, length: T, heads: 4, headDim: 64)
+        if ProcessInfo.processInfo.environment["ZOO_DEV"] == "par" {
+            // Parallel efficiency: process CPU time against wall time (2 = both workers busy).
+            for (name, body) in [("fwd", { x.flashForward() }), ("fwd+bwd", { x.flashForwardBackward() })] as [(String, () -> Void)] {
+                body()
+                var lines: [String] = []
+                for _ in 0..<3 {
+                    let c0 = cpuNow(), w0 = now()
+                    body()
+                    lines.append(fmt((cpuNow() - c0) / (now() - w0), 2))
+                }
+                out.append("T=\(T) \(name): CPU/wall \(lines.joined(separator: " "))")
+            }
+            continue
+        }
         if ProcessInfo.processInfo.environment["ZOO_DEV"] == "pack" {
             let tp = cpuBest(20) { _ = PackedAttentionPanels(k: x.k.pointer, v: x.v.pointer, shape: x.shape) }
             let tf = cpuBest(10) { x.flashForward() }

@@ -9,14 +9,14 @@ import ZooKernels
 ///
 /// Goals (issue 7): ≥ 20× the PyTorch references' ~0.7–1k tokens/s forward+backward at T ≥ 2048;
 /// faster than zoo's flash attention from T = 8192, ≥ 3× faster at T = 32768 in the forward pass.
-/// `baseline` (optional) times a full causal attention forward and forward+backward at the same
-/// shapes, for the ratio columns; nil leaves them out.
-public struct NSABenchBaseline {
+/// `baseline` times a full causal attention forward and forward+backward at the same shapes, in the
+/// same run, for the speed-up columns: zoo's flash attention by default (`flashAttentionBaseline`).
+public struct NSABenchBaseline: Sendable {
     public let name: String
-    public let forward: (_ q: Tensor, _ k: Tensor, _ v: Tensor) -> Void
-    public let forwardBackward: (_ q: Tensor, _ k: Tensor, _ v: Tensor, _ dO: Tensor) -> Void
-    public init(name: String, forward: @escaping (Tensor, Tensor, Tensor) -> Void,
-                forwardBackward: @escaping (Tensor, Tensor, Tensor, Tensor) -> Void) {
+    public let forward: @Sendable (_ q: Tensor, _ k: Tensor, _ v: Tensor) -> Void
+    public let forwardBackward: @Sendable (_ q: Tensor, _ k: Tensor, _ v: Tensor, _ dO: Tensor) -> Void
+    public init(name: String, forward: @escaping @Sendable (Tensor, Tensor, Tensor) -> Void,
+                forwardBackward: @escaping @Sendable (Tensor, Tensor, Tensor, Tensor) -> Void) {
         self.name = name; self.forward = forward; self.forwardBackward = forwardBackward
     }
 }
@@ -31,8 +31,30 @@ func processCPUSeconds(_ body: () -> Void) -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 - t0
 }
 
+/// Zoo's flash attention (causal, Hq = 4 over Hkv = 1 as NSA's inputs, d = 64): forward, and
+/// forward + backward.
+public let flashAttentionBaseline = NSABenchBaseline(name: "flash", forward: { q, k, v in
+    let s = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
+                           keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
+    var o = Tensor(uninitializedShape: [s.batch, s.queryLength, s.queryHeads, s.valueDim])
+    var lse = Tensor(uninitializedShape: [s.batch, s.queryHeads, s.queryLength])
+    flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: s, options: AttentionOptions(causal: true),
+                          output: o.mutablePointer(), logSumExp: lse.mutablePointer())
+}, forwardBackward: { q, k, v, dO in
+    let s = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
+                           keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
+    var o = Tensor(uninitializedShape: [s.batch, s.queryLength, s.queryHeads, s.valueDim])
+    var lse = Tensor(uninitializedShape: [s.batch, s.queryHeads, s.queryLength])
+    flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: s, options: AttentionOptions(causal: true),
+                          output: o.mutablePointer(), logSumExp: lse.mutablePointer())
+    var dq = Tensor(uninitializedShape: q.shape), dk = Tensor(uninitializedShape: k.shape), dv = Tensor(uninitializedShape: v.shape)
+    flashAttentionBackward(q: q.pointer, k: k.pointer, v: v.pointer, output: o.pointer, logSumExp: lse.pointer,
+                           outputGradient: dO.pointer, shape: s, options: AttentionOptions(causal: true),
+                           queryGradient: dq.mutablePointer(), keyGradient: dk.mutablePointer(), valueGradient: dv.mutablePointer())
+})
+
 public func runNSABenchmark(lengths: [Int] = [1024, 2048, 4096, 8192, 16384, 32768], backward: Bool = true,
-                            baseline: NSABenchBaseline? = nil, progress: ((String) -> Void)? = nil) -> String {
+                            baseline: NSABenchBaseline? = flashAttentionBaseline, progress: ((String) -> Void)? = nil) -> String {
     let (B, Hq, Hk, d) = (1, 4, 1, 64)
     let o = NSAOptions()
     var report = [benchmarkHeader("zoo bench nsa"),

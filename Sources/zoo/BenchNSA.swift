@@ -5,17 +5,20 @@ import ZooBench
 struct BenchNSA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nsa",
-        abstract: "NSA fast kernels (B=1, Hq=4, Hkv=1, d=64, paper defaults), forward and forward+backward.")
+        abstract: "NSA fast kernels (B=1, Hq=4, Hkv=1, d=64, paper defaults), forward and forward+backward, beside flash attention.")
     @OptionGroup var common: CommonOptions
     @Option(help: "Comma-separated sequence lengths.")
     var lengths: String = "1024,2048,4096,8192,16384,32768"
     @Flag(help: "Forward only.")
     var forwardOnly = false
+    @Flag(help: "Leave out the flash-attention columns.")
+    var noFlash = false
 
     func run() throws {
         try common.apply()
         let ts = lengths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !ts.isEmpty, ts.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--lengths needs positive integers, got '\(lengths)'") }
-        print(runNSABenchmark(lengths: ts, backward: !forwardOnly, progress: { print("# " + $0) }))
+        print(runNSABenchmark(lengths: ts, backward: !forwardOnly, baseline: noFlash ? nil : flashAttentionBaseline,
+                              progress: { print("# " + $0) }))
     }
 }

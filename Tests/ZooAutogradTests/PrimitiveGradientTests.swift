@@ -124,6 +124,24 @@ import ZooTestSupport
             return out
         }
         check([x, y], "concatenate", function: { Variable.concatenate([$0[0], $0[1]], axis: 1) }, reference: joined)
+        func pieces(_ v: [[Double]]) -> [Double] {
+            // split [2, 3, 4] along axis 2 into [1, 3] and use piece 1 doubled plus piece 0's sum
+            var out: [Double] = []
+            for i in 0..<2 { for j in 0..<3 {
+                let row = (0..<4).map { v[0][(i * 3 + j) * 4 + $0] }
+                out += row[1...].map { 2 * $0 + row[0] }
+            } }
+            return out
+        }
+        check([x], "split", function: { v in
+            let p = v[0].split(axis: 2, sizes: [1, 3])
+            return p[1] * 2 + p[0]
+        }, reference: pieces)
+        let unused = Variable(x, requiresGrad: true)
+        let halves = unused.split(axis: -1, sizes: [2, 2])
+        halves[1].sum().backward()
+        #expect(unused.grad?.slice(axis: 2, 0..<2).scalars.allSatisfy { $0 == 0 } == true)
+        #expect(unused.grad?.slice(axis: 2, 2..<4).scalars.allSatisfy { $0 == 1 } == true)
         let table = randomTensor([4, 3], seed: 8)
         check([table], "gather rows (repeated)", function: { $0[0].gatherRows([3, 1, 3]) }, reference: { v in
             [3, 1, 3].flatMap { r in (0..<3).map { v[0][r * 3 + $0] } }

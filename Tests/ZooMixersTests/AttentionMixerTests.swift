@@ -6,10 +6,10 @@ import ZooKernels
 import ZooMixers
 import ZooTestSupport
 
-// XCTest rather than Swift Testing: the tape's switches (`Tape.noGradDepth`, the node counter) are
-// process-wide, so layer tests running in parallel with other tape users can switch each other's
-// recording off (seen: every gradient nil). XCTest runs these one at a time, before the parallel
-// Swift Testing tests start.
+// XCTest rather than Swift Testing: these layer tests build tapes, and when they were written the
+// tape's no-grad switch was process-wide, so parallel tests switched each other's recording off
+// (seen: every gradient nil). The tape is per-thread now; XCTest still keeps these serial, and
+// they take well under a second.
 
 private let dModel = 32
 

@@ -155,7 +155,7 @@ public func flashAttentionBackward(
     let rowBlock = backwardRowBlock
     let keyBlockWidth = keyBlockPanels * width
     forEachItem(groups * classes, makeScratch: {
-        BackwardScratch(rows: rowBlock, keys: keyBlockWidth, headDim: dPad, valueDim: dvPad)
+        AttentionBackwardScratch(rows: rowBlock, keys: keyBlockWidth, headDim: dPad, valueDim: dvPad)
     }) { item, scratch in
         let g = item / classes, cls = item % classes
         let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
@@ -199,10 +199,13 @@ public func flashAttentionBackward(
                     let qRows = Q + (rowStart + r0) * dPad, gRows = dOut + (rowStart + r0) * dvPad
                     if first < last {
                         for c in first..<last {
-                            tileMultiply(m: groupRows, n: width, k: d, a: qRows, aRowStride: dPad, aStep: 1,
+                            // Only the 16-key chunks the group sees of a diagonal panel; the rest
+                            // is masked to 0 by gradientRow.
+                            let columns = Swift.min(width, (groupHi - (k0 + c * width) + 15) & ~15)
+                            tileMultiply(m: groupRows, n: columns, k: d, a: qRows, aRowStride: dPad, aStep: 1,
                                          b: Ktp.pointer + (g * panelCount + p0 + c) * d * width, ldb: width,
                                          c: S + r0 * ldS + c * width, ldc: ldS, accumulate: false)
-                            tileMultiply(m: groupRows, n: width, k: dvDim, a: gRows, aRowStride: dvPad, aStep: 1,
+                            tileMultiply(m: groupRows, n: columns, k: dvDim, a: gRows, aRowStride: dvPad, aStep: 1,
                                          b: Vtp.pointer + (g * panelCount + p0 + c) * dvDim * width, ldb: width,
                                          c: dP + r0 * ldS + c * width, ldc: ldS, accumulate: false)
                         }
@@ -308,18 +311,18 @@ private func gradientRow(
             if softcap > 0 {
                 let t = Lanes.tanh(u)
                 p = Lanes.exp2(minusLse2.addingProduct(t, capLog2e))
-                if !full {
-                    let idx = Lanes.index &+ Int32(16 * v)
-                    p = p.replacing(with: 0, where: (idx .< lo) .| (idx .>= hi))
-                }
                 dU = p * (load16(gRow + 16 * v) - D) * (cap - cap * t * t)
             } else {
                 p = Lanes.exp2(minusLse2.addingProduct(u, log2e))
-                if !full {
-                    let idx = Lanes.index &+ Int32(16 * v)
-                    p = p.replacing(with: 0, where: (idx .< lo) .| (idx .>= hi))
-                }
                 dU = p * (load16(gRow + 16 * v) - D)
+            }
+            if !full {
+                // Masked lanes (and chunks of a diagonal panel that were never computed, which
+                // may hold anything, NaN included) must be exactly 0 in both.
+                let idx = Lanes.index &+ Int32(16 * v)
+                let hidden = (idx .< lo) .| (idx .>= hi)
+                p = p.replacing(with: 0, where: hidden)
+                dU = dU.replacing(with: 0, where: hidden)
             }
             store16(sRow + 16 * v, p)
             store16(gRow + 16 * v, dU)
@@ -329,7 +332,7 @@ private func gradientRow(
 
 /// Per-worker scratch of the backward: two score tiles, the key block's dK and dV, and each row
 /// group's range of computed panels and its last visible key (+1).
-final class BackwardScratch: @unchecked Sendable {
+final class AttentionBackwardScratch: @unchecked Sendable {
     let buffer: ScratchBuffer
     let scores, gradScores, keyGrad, valueGrad: UnsafeMutablePointer<Float>
     let groupFirst, groupLast, groupEnd: UnsafeMutablePointer<Int>

@@ -1,19 +1,20 @@
-// Flash attention forward: tiled online softmax; never holds a score matrix larger than 6 × 256.
+// Flash attention forward: tiled online softmax; never holds a score matrix larger than 6 × 512.
 //
 //   q [B, Tq, Hq, d]   k [B, Tk, Hk, d]   v [B, Tk, Hk, dv]   →   o [B, Tq, Hq, dv], lse [B, Hq, Tq]
 //
-// Work is split by (batch, KV head, block of query rows). The rows of a KV head's group are the
+// Work is split by (batch, KV head, block of 96 query rows). The rows of a KV head's group are the
 // pairs (t, g) of query position and group member, t-major, so the query heads that share a KV
 // head share its key/value panels (GQA costs no extra reads). For each block of rows, and for each
-// tile of 4 key panels (256 keys) that some row of the block can see:
+// tile of 8 key panels (512 keys) that some row of the block can see:
 //   for every 6 rows:  S = Q·Kᵀ over the panels these rows can see     (microkernel, k = d)
-//                      per row: m' = max(m, max_j s_j);  ℓ ← ℓ·e^{m−m'} + Σ_j e^{s_j−m'}
-//                               O_row ← O_row·e^{m−m'};  P = e^{S−m'} (0 where masked)
-//                      O += P·V                                        (microkernel, k = 64 per panel)
-// and finally o = O/ℓ, lse = m + log ℓ. Panels that no row of a 6-row group can see are skipped,
-// so a causal diagonal wastes at most one panel per group, and masking runs only on panels that
-// straddle a row's visible interval. The query block (96 rows) shares each 256-key tile (128 KB of
-// keys and values) in L2; the 6 × 256 score strip and the 6 output rows stay in L1.
+//                      per row: m' = max(m, max_j s_j);  ℓ ← ℓ·2^{m−m'} + Σ_j 2^{s_j−m'}
+//                               O_row ← O_row·2^{m−m'};  P = 2^{S−m'} (0 where masked)
+//                      O += P·V                          (microkernel, k = the tile's visible keys)
+// and finally o = O/ℓ, lse = m·ln 2 + log ℓ. Scores are in log2 units (log2 e is folded into the
+// query scale), so the softmax costs one exp2 per score. Panels that no row of a 6-row group can
+// see are skipped, so a causal diagonal wastes at most one panel per group, and masking runs only
+// on panels that straddle a row's visible interval. The query block shares each tile (256 KB of
+// keys and values) in L2; the 6 × 512 score strip and the 6 output rows stay in L1.
 //
 // Saved for the backward: o and lse only.
 
@@ -22,7 +23,7 @@ import ZooTensor
 
 /// Query rows per work item; a multiple of 6 (the microkernel's row count).
 let forwardRowBlock = 96
-/// Panels per key tile (the online-softmax step); 4 × 64 = 256 keys.
+/// Panels per key tile (the online-softmax step): 8 × 64 = 512 keys.
 let forwardTilePanels = 8
 
 /// Flash attention forward (see the file comment). Writes `output` [B,Tq,Hq,dv] and `logSumExp`
@@ -86,7 +87,7 @@ func flashForward(
 
     let qp = SendablePointer(UnsafeMutablePointer(mutating: q))
     let op = SendablePointer(output), lp = SendablePointer(logSumExp)
-    forEachItem(baseItems * splits, makeScratch: { ForwardScratch(rows: rowBlock, headDim: d, valueDim: dv, panels: panels.pageCount) }) { item, scratch in
+    forEachItem(baseItems * splits, makeScratch: { AttentionForwardScratch(rows: rowBlock, headDim: d, valueDim: dv, panels: panels.pageCount) }) { item, scratch in
         let part = item % splits, base = item / splits
         // Later row blocks see more keys (causal): hand out the largest first, every group's at
         // once, so the last items to finish are small ones.
@@ -207,7 +208,7 @@ public struct AttentionRowState {
         rowMax.update(repeating: -.infinity, count: rows)
         rowSum.update(repeating: 0, count: rows)
     }
-    /// Writes o = O/ℓ and lse = m + log ℓ for each row to the places `destination(row)` gives
+    /// Writes o = O/ℓ and lse = m·ln 2 + log ℓ (natural units) for each row to the places `destination(row)` gives
     /// (o = 0, lse = −∞ for a row that saw no key).
     @inline(__always)
     public func finish(into destination: (Int) -> (output: UnsafeMutablePointer<Float>, logSumExp: UnsafeMutablePointer<Float>)) {
@@ -281,7 +282,10 @@ public func attendRowBlock(
             let sRows = scores
             for slot in first..<last {
                 let p = panelList[tileStart + slot]
-                tileMultiply(m: groupRows, n: width, k: d, a: qRows, aRowStride: d, aStep: 1,
+                // A panel the group sees only the start of (the causal diagonal): just the
+                // 16-key chunks it sees; the softmax masks the rest of the panel anyway.
+                let columns = Swift.min(width, (groupHi - p * width + 15) & ~15)
+                tileMultiply(m: groupRows, n: columns, k: d, a: qRows, aRowStride: d, aStep: 1,
                              b: panels.keys(group: group, panel: p), ldb: width,
                              c: sRows + slot * width, ldc: ldS, accumulate: false)
             }
@@ -387,7 +391,7 @@ private func onlineSoftmaxRow(
 }
 
 /// Per-worker scratch of the forward.
-final class ForwardScratch: @unchecked Sendable {
+final class AttentionForwardScratch: @unchecked Sendable {
     let buffer: ScratchBuffer
     let queries, output, rowMax, rowSum, scores: UnsafeMutablePointer<Float>
     let panelList: UnsafeMutablePointer<Int>

@@ -8,7 +8,7 @@
 // Two page tables map a panel index to the base of its keys and of its values; group g's panel
 // sits at base + g·groupStride. The flash forward packs a whole call into one buffer, keys
 // [g][p][d][64] then values [g][64p + j][dvPad], so one group's values are contiguous across
-// panels and O += P·V runs over a whole tile in one microkernel pass. The KV cache (Step.swift)
+// panels and O += P·V runs over a whole tile in one microkernel pass. The KV cache (AttentionStep.swift)
 // appends into separately allocated pages of 64 keys (keys of every group, then values of every
 // group), so decode reads the cache with the very same inner loop and never repacks it.
 

@@ -18,9 +18,10 @@
 //   3. window: query tiles against the band of keys they need, online softmax.
 //   4. o = Σ_c σ(g_c) o_c.
 // Backward (selection fixed), with D_c = σ(g_c)·⟨dO, o_c⟩, dO_c = σ(g_c)·dO, dg_c = σ′(g_c)⟨dO, o_c⟩:
-//   a query pass (per chunk, as the forward) accumulates dQ over the three branches; key passes
-//   (per compressed-key tile, per selection block, per window key tile) accumulate dK and dV,
-//   so every gradient element has one owner and no result depends on the thread count.
+//   queries are split into parts (a count fixed by the shapes); each part runs its chunks as the
+//   forward does and, from the same P and dS tiles, accumulates dQ (owned) and dK/dV into private
+//   buffers for the keys it reaches; the parts are summed in part order, so no result depends on
+//   the thread count.
 
 import Foundation
 import ZooTensor
@@ -57,8 +58,6 @@ struct NSAPlan {
     let scoreCapacity: Int
     /// Queries per window tile, and keys per window pass.
     let windowTile: Int, windowKeys: Int
-    /// Key-pass tiles: compressed keys per tile, raw keys per window tile, queries per batch.
-    let cmpKeyTile = 64, winKeyTile = 64, keyPassQueries = 64
 
     init(_ x: NSAInputs, _ o: NSAOptions) {
         B = x.batch; Tq = x.queries; Tk = x.keys; Hq = x.queryHeads; Hk = x.kvHeads; G = Hq / Hk
@@ -70,7 +69,7 @@ struct NSAPlan {
         let rows = chunk * G
         // 32 queries × G rows: the band S computes is w + 31 keys wide for w useful ones.
         windowTile = max(1, min(chunk, 32))
-        scoreCapacity = max(1 << 18, rows * o.selectBlock, G * max(Nc, 1), keyPassQueries * G * max(cmpKeyTile, winKeyTile, o.selectBlock),
+        scoreCapacity = max(1 << 18, rows * o.selectBlock, G * max(Nc, 1),
                             windowTile * G * 16)
         windowKeys = max(16, scoreCapacity / (windowTile * G))
     }
@@ -153,7 +152,7 @@ final class NSAScratch {
     let lo, hi, rowIndex, counts, starts, entries: UnsafeMutablePointer<Int32>
 
     init(_ plan: NSAPlan, backward: Bool) {
-        let rows = max(plan.chunk, plan.keyPassQueries) * plan.G
+        let rows = plan.chunk * plan.G
         var owned: [ScratchBuffer] = []
         func floats(_ n: Int) -> UnsafeMutablePointer<Float> {
             let b = ScratchBuffer(count: n + 16, zeroed: false)
@@ -254,6 +253,10 @@ public func nsaForward(_ x: NSAInputs, options o: NSAOptions = NSAOptions(), sel
         fatalError("nsaForward: selection shape [\(g.batch), \(g.kvHeads), \(g.queries), \(g.slots)] does not match [B \(plan.B), Hkv \(plan.Hk), Tq \(plan.Tq), n \(o.selectCount)]")
     }
     var output = Tensor(uninitializedShape: [plan.B, plan.Tq, plan.Hq, plan.dv])
+    if plan.Tq == 0 {
+        return NSAForwardResult(output: output, selection: NSASelection(batch: plan.B, kvHeads: plan.Hk, queries: 0, slots: o.selectCount),
+                                branchOutputs: Tensor.zeros([3, plan.B, 0, plan.Hq, plan.dv]), logSumExp: Tensor.zeros([3, plan.B, 0, plan.Hq]))
+    }
     var branches = Tensor(uninitializedShape: [3, plan.B, plan.Tq, plan.Hq, plan.dv])
     var lse = Tensor(uninitializedShape: [3, plan.B, plan.Tq, plan.Hq])
     var selection = given ?? NSASelection(batch: plan.B, kvHeads: plan.Hk, queries: plan.Tq, slots: o.selectCount)

@@ -44,6 +44,14 @@ enum NSALanes {
         return c[0] > c[1] ? c[0] : c[1]
     }
 
+    /// Sum of the lanes by halving (the stdlib's .sum() is a generic, non-inlined lane loop).
+    @inline(always) static func sumLanes(_ x: F16) -> Float {
+        let a = x.lowHalf + x.highHalf
+        let b = a.lowHalf + a.highHalf
+        let c = b.lowHalf + b.highHalf
+        return c[0] + c[1]
+    }
+
     /// Maximum of n ≥ 1 floats.
     @inline(always) static func max(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
         var m0 = F16(repeating: -.infinity), m1 = m0
@@ -95,7 +103,7 @@ enum NSALanes {
             a0 = a0.addingProduct(load(a + i), load(b + i)); a1 = a1.addingProduct(load(a + i + 16), load(b + i + 16)); i += 32
         }
         if i + 16 <= n { a0 = a0.addingProduct(load(a + i), load(b + i)); i += 16 }
-        var s = (a0 + a1).sum()
+        var s = sumLanes(a0 + a1)
         while i < n { s += a[i] * b[i]; i += 1 }
         return s
     }

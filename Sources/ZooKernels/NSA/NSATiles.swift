@@ -46,7 +46,7 @@ func nsaExpRow(_ row: UnsafeMutablePointer<Float>, count nk: Int, lo: Int, hi: I
         NSALanes.store(row + i, e); a0 += e
         i += 16
     }
-    var sum = (a0 + a1).sum()
+    var sum = NSALanes.sumLanes(a0 + a1)
     if i < hi {
         let e = NSALanes.exp(NSALanes.load(row + i) - sh)
         for k in 0..<(hi - i) { row[i + k] = e[k]; sum += e[k] }

@@ -251,7 +251,7 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
 }
 
 /// Per-step sums over the states, two of each to halve the dependency chains.
-struct ReverseAccumulators {
+struct ScanReverseAccumulators {
     var y0 = F16(), y1 = F16(), gdt0 = F16(), gdt1 = F16(), sumB0 = F16(), sumB1 = F16()
 }
 
@@ -261,7 +261,7 @@ struct ReverseAccumulators {
                                  a ap: UnsafePointer<Float>, carry: UnsafeMutablePointer<Float>,
                                  gA: UnsafeMutablePointer<Float>, dt d: F16, du x: F16, gy: F16,
                                  bRow bt: UnsafePointer<Float>, cRow ct: UnsafePointer<Float>,
-                                 acc: inout ReverseAccumulators) -> (c: F16, b: F16) {
+                                 acc: inout ScanReverseAccumulators) -> (c: F16, b: F16) {
     @inline(always) func one(_ n: Int, _ y: inout F16, _ gdt: inout F16, _ sumB: inout F16) -> (gc: F16, gb: F16) {
         var c = vload(carry + 16 * n), ga = vload(gA + 16 * n)
         let r = reverseState(decay: vload(dp + 16 * n), hPrev: vload(pp + 16 * n), dt: d, du: x, gy: gy,
@@ -290,7 +290,7 @@ struct ReverseAccumulators {
         let d = vload(w.dt + 16 * t), x = vload(w.du + 16 * t), gy = vload(w.gy + 16 * t)
         let bt = bRows + t * rowStride, ct = cRows + t * rowStride
         let dp = decay + 256 * t, pp = hPrev + 256 * t
-        var acc = ReverseAccumulators()
+        var acc = ScanReverseAccumulators()
         let q0 = reverseFour(0, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
         let q1 = reverseFour(4, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)
         let q2 = reverseFour(8, decay: dp, hPrev: pp, a: ap, carry: carry, gA: gA, dt: d, du: x, gy: gy, bRow: bt, cRow: ct, acc: &acc)

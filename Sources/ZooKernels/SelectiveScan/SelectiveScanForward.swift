@@ -9,7 +9,7 @@ import ZooTensor
 // are transposed per K-step chunk into [K][16] tiles (contiguous time loop), B and C once per call
 // into [L][Npad] rows (one broadcast per state and step). Work items are (batch, 16-channel tile),
 // split over the workers; every output element is written by one item, so the result does not
-// depend on the thread count. The exponential is base 2 on A·log2(e) (ScanMath.exp2Vector).
+// depend on the thread count. The exponential is base 2 on A·log2(e) (SelectiveScanMath.swift, exp2Vector).
 // For the backward it saves only the state at the start of every K-step chunk.
 
 /// Raw input pointers for the parallel loops (read-only; valid while the inputs live).

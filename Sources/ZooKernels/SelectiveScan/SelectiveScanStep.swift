@@ -22,7 +22,7 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
     let (nd, l, n) = (s.channels, s.length, s.stateSize)
     let np = (n + 15) / 16 * 16
     var out = Tensor(uninitializedShape: [s.batch, nd, l])
-    let inputs = StepPointers(x)
+    let inputs = ScanStepPointers(x)
     let outPointer = SendablePointer(out.mutablePointer())
     let statePointer = SendablePointer(state.mutablePointer())
     let softplus = x.deltaSoftplus
@@ -64,7 +64,7 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
 }
 
 /// Raw pointers of the step's inputs (read-only; valid while the inputs live).
-struct StepPointers: @unchecked Sendable {
+struct ScanStepPointers: @unchecked Sendable {
     let u, delta, A, B, C: UnsafePointer<Float>
     let D, z, deltaBias: UnsafePointer<Float>?
     init(_ x: SelectiveScanInputs) {
