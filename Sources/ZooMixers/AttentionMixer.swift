@@ -85,18 +85,9 @@ public struct AttentionMixerConfig: MixerConfig, Equatable {
     }
 
     public func validate(dModel: Int) throws(MixerConfigError) {
-        if heads < 1 { throw MixerConfigError(key: "heads", "must be ≥ 1, got \(heads)") }
-        let kv = resolvedKVHeads()
-        if kv < 1 || heads % kv != 0 {
-            throw MixerConfigError(key: "kv_heads", "must be ≥ 1 and divide heads (\(heads)), got \(kv)")
-        }
-        if headDim == nil && dModel % heads != 0 {
-            throw MixerConfigError(key: "head_dim", "d_model (\(dModel)) is not a multiple of heads (\(heads)); give head_dim")
-        }
-        let dh = resolvedHeadDim(dModel: dModel)
-        if dh < 1 { throw MixerConfigError(key: "head_dim", "must be ≥ 1, got \(dh)") }
-        if rotary && dh % 2 != 0 { throw MixerConfigError(key: "head_dim", "must be even with rotary, got \(dh)") }
-        if !(rotaryTheta > 0) { throw MixerConfigError(key: "rotary_theta", "must be > 0, got \(rotaryTheta)") }
+        try validateHeadLayout(heads: heads, kvHeads: resolvedKVHeads(), headDim: headDim,
+                               resolvedHeadDim: resolvedHeadDim(dModel: dModel), rotary: rotary,
+                               rotaryTheta: rotaryTheta, dModel: dModel)
         if let w = window, w < 1 { throw MixerConfigError(key: "window", "must be ≥ 1 token, got \(w)") }
         if !(softcap >= 0) || !softcap.isFinite { throw MixerConfigError(key: "softcap", "must be finite and ≥ 0, got \(softcap)") }
     }

@@ -91,6 +91,22 @@ extension MixerConfig {
     public func maximumLength(dModel: Int) -> Int? { nil }
 }
 
+/// The head-layout checks shared by the attention-family mixers (attention, NSA): query heads,
+/// KV heads dividing them, a head dim given or implied by d_model, even with rotary.
+func validateHeadLayout(heads: Int, kvHeads: Int, headDim: Int?, resolvedHeadDim: Int, rotary: Bool,
+                        rotaryTheta: Double, dModel: Int) throws(MixerConfigError) {
+    if heads < 1 { throw MixerConfigError(key: "heads", "must be ≥ 1, got \(heads)") }
+    if kvHeads < 1 || heads % kvHeads != 0 {
+        throw MixerConfigError(key: "kv_heads", "must be ≥ 1 and divide heads (\(heads)), got \(kvHeads)")
+    }
+    if headDim == nil && dModel % heads != 0 {
+        throw MixerConfigError(key: "head_dim", "d_model (\(dModel)) is not a multiple of heads (\(heads)); give head_dim")
+    }
+    if resolvedHeadDim < 1 { throw MixerConfigError(key: "head_dim", "must be ≥ 1, got \(resolvedHeadDim)") }
+    if rotary && resolvedHeadDim % 2 != 0 { throw MixerConfigError(key: "head_dim", "must be even with rotary, got \(resolvedHeadDim)") }
+    if !(rotaryTheta > 0) { throw MixerConfigError(key: "rotary_theta", "must be > 0, got \(rotaryTheta)") }
+}
+
 /// A value in a mixer config that is out of range or inconsistent.
 public struct MixerConfigError: Error, CustomStringConvertible, Equatable {
     public let key: String

@@ -126,17 +126,9 @@ public struct NSAMixerConfig: MixerConfig, Equatable {
     }
 
     public func validate(dModel: Int) throws(MixerConfigError) {
-        if heads < 1 { throw MixerConfigError(key: "heads", "must be ≥ 1, got \(heads)") }
-        if kvHeads < 1 || heads % kvHeads != 0 {
-            throw MixerConfigError(key: "kv_heads", "must be ≥ 1 and divide heads (\(heads)), got \(kvHeads)")
-        }
-        if headDim == nil && dModel % heads != 0 {
-            throw MixerConfigError(key: "head_dim", "d_model (\(dModel)) is not a multiple of heads (\(heads)); give head_dim")
-        }
-        let dh = resolvedHeadDim(dModel: dModel)
-        if dh < 1 { throw MixerConfigError(key: "head_dim", "must be ≥ 1, got \(dh)") }
-        if rotary && dh % 2 != 0 { throw MixerConfigError(key: "head_dim", "must be even with rotary, got \(dh)") }
-        if !(rotaryTheta > 0) { throw MixerConfigError(key: "rotary_theta", "must be > 0, got \(rotaryTheta)") }
+        try validateHeadLayout(heads: heads, kvHeads: kvHeads, headDim: headDim,
+                               resolvedHeadDim: resolvedHeadDim(dModel: dModel), rotary: rotary,
+                               rotaryTheta: rotaryTheta, dModel: dModel)
         for (key, value) in [("compress_block", compressBlock), ("compress_stride", compressStride), ("select_block", selectBlock),
                              ("window", window), ("local_blocks", localBlocks)] where value < 1 {
             throw MixerConfigError(key: key, "must be ≥ 1, got \(value)")
