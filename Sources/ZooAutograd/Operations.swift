@@ -65,39 +65,30 @@ extension Variable {
 
     public func tanh() -> Variable {
         let y = value.tanh()
-        return record(y, inputs: [self]) { g in [g * (1 - y * y)] }
+        return record(y, inputs: [self]) { g in [Tensor.tanhGradient(output: y, g)] }
     }
 
     public func sigmoid() -> Variable {
         let y = value.sigmoid()
-        return record(y, inputs: [self]) { g in [g * y * (1 - y)] }
+        return record(y, inputs: [self]) { g in [Tensor.sigmoidGradient(output: y, g)] }
     }
 
     /// x · σ(x); derivative σ(x) · (1 + x · (1 − σ(x))).
     public func silu() -> Variable {
         let x = value
-        return record(x.silu(), inputs: [self]) { g in
-            let s = x.sigmoid()
-            return [g * s * (1 + x * (1 - s))]
-        }
+        return record(x.silu(), inputs: [self]) { g in [Tensor.siluGradient(x, g)] }
     }
 
     /// log(1 + eˣ); derivative σ(x).
     public func softplus() -> Variable {
         let x = value
-        return record(x.softplus(), inputs: [self]) { g in [g * x.sigmoid()] }
+        return record(x.softplus(), inputs: [self]) { g in [Tensor.softplusGradient(x, g)] }
     }
 
     /// GELU, tanh approximation: 0.5·x·(1 + tanh(c·(x + 0.044715·x³))), c = √(2/π).
     public func gelu() -> Variable {
         let x = value
-        return record(x.gelu(), inputs: [self]) { g in
-            let c: Float = 0.7978845608028654
-            let x2 = x * x
-            let t = (c * (x + 0.044715 * x2 * x)).tanh()
-            let dInner = c * (1 + 0.134145 * x2)
-            return [g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dInner)]
-        }
+        return record(x.gelu(), inputs: [self]) { g in [Tensor.geluGradient(x, g)] }
     }
 
     public func squared() -> Variable {

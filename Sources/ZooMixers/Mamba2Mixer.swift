@@ -182,13 +182,9 @@ public struct Mamba2Mixer: Mixer {
     }
 
     /// RMSNorm(y ⊙ SiLU(z)) ⊙ w, normalised over groups of E/G channels (mamba_ssm's RMSNormGated
-    /// with group_size = E / ngroups; one group when G = 1).
+    /// with group_size = E / ngroups; one group when G = 1), as one fused node.
     func gatedNorm(_ y: Variable, gate z: Variable) -> Variable {
-        let gated = y * z.silu()
-        let (b, t) = (y.shape[0], y.shape[1])
-        let unit = Variable(.ones([innerWidth / groups]))
-        let normed = rmsNorm(gated.reshaped([b, t, groups, innerWidth / groups]), weight: unit, epsilon: 1e-5)
-        return normed.reshaped([b, t, innerWidth]) * normWeight
+        gatedRMSNorm(y, gate: z, weight: normWeight, groups: groups, epsilon: 1e-5)
     }
 
     public func initialState(batch: Int) -> Mamba2MixerState {

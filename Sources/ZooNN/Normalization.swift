@@ -18,13 +18,49 @@ public struct RMSNorm: Module {
 
 /// RMSNorm(y ⊙ SiLU(z)) ⊙ w: the output norm of the Mamba-2 block (z gates before normalising).
 public struct GatedRMSNorm: Module {
-    public let norm: RMSNorm
-    public init(_ dim: Int, epsilon: Float = 1e-5) { norm = RMSNorm(dim, epsilon: epsilon) }
-    public func callAsFunction(_ y: Variable, gate z: Variable) -> Variable { norm(y * z.silu()) }
-    public func apply(_ y: Tensor, gate z: Tensor) -> Tensor { norm.apply(y * z.silu()) }
-    public func namedParameters() -> [NamedParameter] { norm.namedParameters() }
+    public let weight: Variable
+    public let epsilon: Float
+    public init(_ dim: Int, epsilon: Float = 1e-5) {
+        weight = parameter(.ones([dim]))
+        self.epsilon = epsilon
+    }
+    public func callAsFunction(_ y: Variable, gate z: Variable) -> Variable {
+        gatedRMSNorm(y, gate: z, weight: weight, groups: 1, epsilon: epsilon)
+    }
+    public func apply(_ y: Tensor, gate z: Tensor) -> Tensor {
+        gatedRMSNormForward(y, z, weight.value, groups: 1, epsilon: epsilon).out
+    }
+    public func namedParameters() -> [NamedParameter] { [NamedParameter("weight", weight, decays: false)] }
 }
 
+// MARK: - Kernels
+//
+// Rows are independent, so forward and backward run in parallel over blocks of rows. The weight
+// gradient is summed per block (rows in order), then over blocks in order: the result depends
+// on neither the thread count nor the scheduling (bit-identical runs).
+
+/// Rows per work item in the backward (and per partial weight gradient).
+private let rowsPerBlock = 32
+
+/// Loads lanes i..<i+16 of a row of length n, zero beyond n.
+@inline(__always) private func loadLanes(_ p: UnsafePointer<Float>, _ i: Int, _ n: Int) -> F16 {
+    if i + 16 <= n { return load16(p + i) }
+    var v = F16()
+    for l in 0..<(n - i) { v[l] = p[i + l] }
+    return v
+}
+
+/// Stores lanes i..<min(i+16, n).
+@inline(__always) private func storeLanes(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ n: Int, _ v: F16) {
+    if i + 16 <= n { store16(p + i, v); return }
+    for l in 0..<(n - i) { p[i + l] = v[l] }
+}
+
+@inline(__always) private func rsqrtMeanSquare(_ sumOfSquares: Float, _ n: Int, _ eps: Float) -> Float {
+    1 / (sumOfSquares / Float(n) + eps).squareRoot()
+}
+
+/// Forward: y [..., d] and the per-row 1/rms [rows].
 func rmsNormForward(_ x: Tensor, _ w: Tensor, _ eps: Float) -> (y: Tensor, rstd: Tensor) {
     let d = x.shape.last ?? 1
     precondition(w.shape == [d], "RMSNorm: input \(describe(x.shape)) does not end in the weight's size \(describe(w.shape))")
@@ -37,9 +73,11 @@ func rmsNormForward(_ x: Tensor, _ w: Tensor, _ eps: Float) -> (y: Tensor, rstd:
     ZooThreads.parallelFor(rows, minChunk: Swift.max(1, 8192 / Swift.max(d, 1))) { range in
         for r in range {
             let xr = px + r * d, yr = py + r * d
-            let r0 = 1 / (simdDot(xr, xr, d) / Float(d) + eps).squareRoot()
+            let r0 = rsqrtMeanSquare(simdDot(xr, xr, d), d, eps)
             pr[r] = r0
-            for i in 0..<d { yr[i] = xr[i] * r0 * pw[i] }
+            let vr = F16(repeating: r0)
+            var i = 0
+            while i < d { storeLanes(yr, i, d, loadLanes(xr, i, d) * vr * loadLanes(pw.pointer, i, d)); i += 16 }
         }
     }
     return (y, rstd)
@@ -51,21 +89,135 @@ public func rmsNorm(_ x: Variable, weight: Variable, epsilon: Float) -> Variable
     return record(y, inputs: [x, weight]) { g in
         let d = wv.count, rows = xv.count / d
         var dx = Tensor(uninitializedShape: xv.shape)
-        var dw = Tensor.zeros([d])
-        let pdx = dx.mutablePointer(), pdw = dw.mutablePointer()
-        let px = xv.pointer, pw = wv.pointer, pg = g.pointer, pr = rstd.pointer
-        // Serial over rows: dw accumulates in a fixed order (deterministic).
-        for r in 0..<rows {
-            let xr = px + r * d, gr = pg + r * d, dxr = pdx + r * d, rs = pr[r]
-            var dotv: Float = 0
-            for i in 0..<d {
-                let xhat = xr[i] * rs
-                pdw[i] += gr[i] * xhat
-                dotv += gr[i] * pw[i] * xhat
+        let blocks = (rows + rowsPerBlock - 1) / rowsPerBlock
+        var partials = Tensor.zeros([blocks, d])
+        let pdx = SendablePointer(dx.mutablePointer()), pdw = SendablePointer(partials.mutablePointer())
+        let px = SendablePointer(UnsafeMutablePointer(mutating: xv.pointer)), pw = SendablePointer(UnsafeMutablePointer(mutating: wv.pointer))
+        let pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer)), pr = SendablePointer(UnsafeMutablePointer(mutating: rstd.pointer))
+        ZooThreads.parallelFor(blocks, minChunk: Swift.max(1, 4096 / Swift.max(d * rowsPerBlock, 1))) { range in
+            for block in range {
+                let dwBlock = pdw + block * d
+                for r in (block * rowsPerBlock)..<Swift.min(rows, (block + 1) * rowsPerBlock) {
+                    let xr = px + r * d, gr = pg + r * d, dxr = pdx + r * d
+                    let rs = F16(repeating: pr[r])
+                    var dot = F16()
+                    var i = 0
+                    while i < d {
+                        let xhat = loadLanes(xr, i, d) * rs, gi = loadLanes(gr, i, d)
+                        storeLanes(dwBlock, i, d, loadLanes(dwBlock, i, d).addingProduct(gi, xhat))
+                        dot = dot.addingProduct(gi * loadLanes(pw.pointer, i, d), xhat)
+                        i += 16
+                    }
+                    let meanDot = F16(repeating: dot.sum() / Float(d))
+                    i = 0
+                    while i < d {
+                        let xhat = loadLanes(xr, i, d) * rs
+                        let gw = loadLanes(gr, i, d) * loadLanes(pw.pointer, i, d)
+                        storeLanes(dxr, i, d, rs * (gw - xhat * meanDot))
+                        i += 16
+                    }
+                }
             }
-            let meanDot = dotv / Float(d)
-            for i in 0..<d { dxr[i] = rs * (gr[i] * pw[i] - xr[i] * rs * meanDot) }
         }
-        return [dx, dw]
+        return [dx, sumBlocks(partials)]
+    }
+}
+
+/// Σ over the leading axis of [blocks, d], blocks in order.
+private func sumBlocks(_ partials: Tensor) -> Tensor {
+    let (blocks, d) = (partials.shape[0], partials.shape[1])
+    var out = Tensor.zeros([d])
+    let po = out.mutablePointer()
+    for b in 0..<blocks { simdAxpy(1, partials.pointer + b * d, po, d) }
+    return out
+}
+
+/// Forward of the gated norm: out = RMSNorm_group(y ⊙ SiLU(z)) ⊙ w, with the last axis (E)
+/// cut into `groups` groups of E/G channels, each normalised on its own (mamba_ssm's
+/// RMSNormGated with group_size = E/G); rstd [rows·G].
+func gatedRMSNormForward(_ y: Tensor, _ z: Tensor, _ w: Tensor, groups: Int, epsilon: Float) -> (out: Tensor, rstd: Tensor) {
+    let e = y.shape.last ?? 1
+    precondition(z.shape == y.shape, "GatedRMSNorm: gate \(describe(z.shape)) differs from input \(describe(y.shape))")
+    precondition(w.shape == [e], "GatedRMSNorm: input \(describe(y.shape)) does not end in the weight's size \(describe(w.shape))")
+    precondition(groups >= 1 && e % groups == 0, "GatedRMSNorm: \(e) channels do not split into \(groups) groups")
+    let size = e / groups, units = y.count / size
+    var out = Tensor(uninitializedShape: y.shape)
+    var rstd = Tensor(uninitializedShape: [units])
+    let po = SendablePointer(out.mutablePointer()), pr = SendablePointer(rstd.mutablePointer())
+    let py = SendablePointer(UnsafeMutablePointer(mutating: y.pointer)), pz = SendablePointer(UnsafeMutablePointer(mutating: z.pointer))
+    let pw = SendablePointer(UnsafeMutablePointer(mutating: w.pointer))
+    ZooThreads.parallelFor(units, minChunk: Swift.max(1, 8192 / size)) { range in
+        for u in range {
+            let yr = py + u * size, zr = pz + u * size, or = po + u * size
+            let wr = pw + (u % groups) * size
+            var ss = F16()
+            var i = 0
+            while i < size {
+                let zi = loadLanes(zr, i, size)
+                let gated = loadLanes(yr, i, size) * zi * fastSigmoid(zi)
+                storeLanes(or, i, size, gated)
+                ss = ss.addingProduct(gated, gated)
+                i += 16
+            }
+            let r0 = rsqrtMeanSquare(ss.sum(), size, epsilon)
+            pr[u] = r0
+            let vr = F16(repeating: r0)
+            i = 0
+            while i < size { storeLanes(or, i, size, loadLanes(or, i, size) * vr * loadLanes(wr, i, size)); i += 16 }
+        }
+    }
+    return (out, rstd)
+}
+
+/// RMSNorm(y ⊙ SiLU(z)) ⊙ w as one node (see `gatedRMSNormForward`). With a = y·SiLU(z),
+/// â = a·r:  dw = Σ g ⊙ â,  da = r·(g⊙w − â·mean(g⊙w⊙â)),  dy = da ⊙ SiLU(z),
+/// dz = da ⊙ y ⊙ SiLU′(z). The backward recomputes a rather than keeping it.
+public func gatedRMSNorm(_ y: Variable, gate z: Variable, weight: Variable, groups: Int, epsilon: Float) -> Variable {
+    let (out, rstd) = gatedRMSNormForward(y.value, z.value, weight.value, groups: groups, epsilon: epsilon)
+    let (yv, zv, wv) = (y.value, z.value, weight.value)
+    return record(out, inputs: [y, z, weight]) { g in
+        let e = wv.count, size = e / groups, rows = yv.count / e
+        var dy = Tensor(uninitializedShape: yv.shape), dz = Tensor(uninitializedShape: zv.shape)
+        let blocks = (rows + rowsPerBlock - 1) / rowsPerBlock
+        var partials = Tensor.zeros([blocks, e])
+        let pdy = SendablePointer(dy.mutablePointer()), pdz = SendablePointer(dz.mutablePointer())
+        let pdw = SendablePointer(partials.mutablePointer())
+        let py = SendablePointer(UnsafeMutablePointer(mutating: yv.pointer)), pz = SendablePointer(UnsafeMutablePointer(mutating: zv.pointer))
+        let pw = SendablePointer(UnsafeMutablePointer(mutating: wv.pointer)), pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer))
+        let pr = SendablePointer(UnsafeMutablePointer(mutating: rstd.pointer))
+        ZooThreads.parallelFor(blocks, minChunk: Swift.max(1, 4096 / Swift.max(e * rowsPerBlock, 1))) { range in
+            for block in range {
+                for row in (block * rowsPerBlock)..<Swift.min(rows, (block + 1) * rowsPerBlock) {
+                    for group in 0..<groups {
+                        let u = row * groups + group, offset = u * size
+                        let yr = py + offset, zr = pz + offset, gr = pg + offset
+                        let wr = pw + group * size, dwr = pdw + block * e + group * size
+                        let rs = F16(repeating: pr[u])
+                        var dot = F16()
+                        var i = 0
+                        while i < size {
+                            let zi = loadLanes(zr, i, size)
+                            let ahat = loadLanes(yr, i, size) * zi * fastSigmoid(zi) * rs
+                            let gi = loadLanes(gr, i, size)
+                            storeLanes(dwr, i, size, loadLanes(dwr, i, size).addingProduct(gi, ahat))
+                            dot = dot.addingProduct(gi * loadLanes(wr, i, size), ahat)
+                            i += 16
+                        }
+                        let meanDot = F16(repeating: dot.sum() / Float(size))
+                        i = 0
+                        while i < size {
+                            let zi = loadLanes(zr, i, size), yi = loadLanes(yr, i, size)
+                            let s = fastSigmoid(zi), silu = zi * s
+                            let ahat = yi * silu * rs
+                            let da = rs * (loadLanes(gr, i, size) * loadLanes(wr, i, size) - ahat * meanDot)
+                            storeLanes(pdy + offset, i, size, da * silu)
+                            storeLanes(pdz + offset, i, size, da * yi * s * (1 + zi * (1 - s)))
+                            i += 16
+                        }
+                    }
+                }
+            }
+        }
+        return [dy, dz, sumBlocks(partials)]
     }
 }

@@ -34,15 +34,22 @@ public struct AdamW {
             precondition(m.shape == g.shape, "AdamW: moment of '\(p.name)' has shape \(describe(m.shape)), gradient \(describe(g.shape))")
             var value = p.variable.value
             let n = g.count
-            let pm = m.mutablePointer(), pv = v.mutablePointer(), pp = value.mutablePointer(), pg = g.pointer
+            let pm = SendablePointer(m.mutablePointer()), pv = SendablePointer(v.mutablePointer())
+            let pp = SendablePointer(value.mutablePointer()), pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer))
             let decay = p.decays ? weightDecay : 0
             let (b1, b2, eps) = (beta1, beta2, epsilon)
-            for i in 0..<n {
-                let gi = pg[i]
-                pm[i] = b1 * pm[i] + (1 - b1) * gi
-                pv[i] = b2 * pv[i] + (1 - b2) * gi * gi
-                let mHat = pm[i] / c1, vHat = pv[i] / c2
-                pp[i] -= lr * (mHat / (vHat.squareRoot() + eps) + decay * pp[i])
+            // Element-wise, so splitting across workers changes no result. The loop is written
+            // for the auto-vectoriser (no cross-element state; sqrt is vsqrtps).
+            ZooThreads.parallelFor(n, minChunk: 1 << 15) { range in
+                let m = pm + range.lowerBound, v = pv + range.lowerBound, w = pp + range.lowerBound, gr = pg + range.lowerBound
+                for i in 0..<range.count {
+                    let gi = gr[i]
+                    let mi = b1 * m[i] + (1 - b1) * gi
+                    let vi = b2 * v[i] + (1 - b2) * gi * gi
+                    m[i] = mi; v[i] = vi
+                    let mHat = mi / c1, vHat = vi / c2
+                    w[i] -= lr * (mHat / (vHat.squareRoot() + eps) + decay * w[i])
+                }
             }
             firstMoments[p.name] = m
             secondMoments[p.name] = v

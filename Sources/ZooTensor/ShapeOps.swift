@@ -16,6 +16,10 @@ extension Tensor {
         if count == 0 { return out }
         let po = SendablePointer(out.mutablePointer()), px = SendablePointer(storage.pointer)
         let inner = outShape[rank - 1], innerStride = srcStrides[rank - 1]
+        if innerStride != 1, let pivot = (0..<(rank - 1)).last(where: { srcStrides[$0] == 1 && outShape[$0] > 1 }) {
+            permuteTiled(px, po, outShape: outShape, srcStrides: srcStrides, pivot: pivot)
+            return out
+        }
         let rows = count / inner
         let outer = Array(outShape.dropLast())
         ZooThreads.parallelFor(rows, minChunk: Swift.max(1, 16384 / Swift.max(inner, 1))) { range in
@@ -30,6 +34,45 @@ extension Tensor {
             }
         }
         return out
+    }
+
+    /// The permute whose last output axis is strided in the source (a transpose, e.g. [B,T,E] →
+    /// [B,E,T]): the row-by-row gather would read one float per cache line, so the work goes in
+    /// 16×16 tiles of (pivot axis, last axis), where `pivot` is the output axis that walks the
+    /// source's contiguous axis. Each tile reads 16 source runs of 16 floats and writes 16 output
+    /// runs of 16, so both sides touch whole cache lines.
+    private func permuteTiled(_ px: SendablePointer<Float>, _ po: SendablePointer<Float>, outShape: [Int], srcStrides: [Int], pivot: Int) {
+        let rank = outShape.count
+        let cols = outShape[rank - 1], colStride = srcStrides[rank - 1]
+        let pivotCount = outShape[pivot]
+        let outStrides = Tensor.strides(of: outShape)
+        let pivotOutStride = outStrides[pivot]
+        // The remaining axes, walked with an odometer: one (pivot × last) plane per index.
+        let otherAxes = (0..<(rank - 1)).filter { $0 != pivot }
+        let otherShape = otherAxes.map { outShape[$0] }
+        let planes = otherShape.reduce(1, *)
+        let tile = 16
+        let pivotTiles = (pivotCount + tile - 1) / tile, colTiles = (cols + tile - 1) / tile
+        let work = planes * pivotTiles
+        ZooThreads.parallelFor(work, minChunk: Swift.max(1, 16384 / Swift.max(tile * cols, 1))) { range in
+            for w in range {
+                let plane = w / pivotTiles, p0 = (w % pivotTiles) * tile
+                let p1 = Swift.min(pivotCount, p0 + tile)
+                var srcBase = 0, dstBase = 0, rest = plane
+                for a in stride(from: otherAxes.count - 1, through: 0, by: -1) {
+                    let i = rest % otherShape[a]; rest /= otherShape[a]
+                    srcBase += i * srcStrides[otherAxes[a]]; dstBase += i * outStrides[otherAxes[a]]
+                }
+                for ct in 0..<colTiles {
+                    let c0 = ct * tile, c1 = Swift.min(cols, c0 + tile)
+                    for p in p0..<p1 {
+                        let dst = po.pointer + dstBase + p * pivotOutStride
+                        let src = px.pointer + srcBase + p
+                        for c in c0..<c1 { dst[c] = src[c * colStride] }
+                    }
+                }
+            }
+        }
     }
 
     /// Swaps two axes.

@@ -55,6 +55,47 @@ import ZooTestSupport
         expectClose(norm.apply(y, gate: z), norm(Variable(y), gate: Variable(z)).value, tolerance: 1e-7, "apply ≡ callAsFunction")
     }
 
+    /// Rows beyond one block of the parallel backward (32 rows) and a width that is not a multiple
+    /// of the 16-lane vectors, with the weight among the checked inputs.
+    @Test func rmsNormAcrossBlocksAndRaggedWidth() {
+        let (rows, d) = (70, 37)
+        let x = randomTensor([rows, d], seed: 14), w = randomTensor([d], seed: 15)
+        let result = gradientCheck([x, w], function: { v in rmsNorm(v[0], weight: v[1], epsilon: 1e-5) }, reference: { v in
+            var out: [Double] = []
+            for r in 0..<rows {
+                let row = Array(v[0][(r * d)..<(r * d + d)])
+                let rs = 1 / (row.map { $0 * $0 }.reduce(0, +) / Double(d) + 1e-5).squareRoot()
+                out += (0..<d).map { row[$0] * rs * v[1][$0] }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
+    /// The grouped form (mamba_ssm's RMSNormGated, group_size = E/G) with a weight, across blocks
+    /// and with ragged group widths.
+    @Test func groupedGatedRMSNormGradients() {
+        let (rows, groups, size) = (40, 2, 19)
+        let e = groups * size
+        let y = randomTensor([rows, e], seed: 16), z = randomTensor([rows, e], seed: 17), w = randomTensor([e], seed: 18)
+        let result = gradientCheck([y, z, w], function: { v in gatedRMSNorm(v[0], gate: v[1], weight: v[2], groups: groups, epsilon: 1e-5) },
+                                   reference: { v in
+            var out: [Double] = []
+            for r in 0..<rows {
+                for grp in 0..<groups {
+                    let base = r * e + grp * size
+                    let gated = (0..<size).map { i -> Double in
+                        let zz = v[1][base + i]; return v[0][base + i] * zz / (1 + Foundation.exp(-zz))
+                    }
+                    let rs = 1 / (gated.map { $0 * $0 }.reduce(0, +) / Double(size) + 1e-5).squareRoot()
+                    out += (0..<size).map { gated[$0] * rs * v[2][grp * size + $0] }
+                }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
     @Test(arguments: [MLP.Kind.swiglu, .gelu])
     func mlpGradients(kind: MLP.Kind) {
         var g = SeededGenerator(seed: 8)

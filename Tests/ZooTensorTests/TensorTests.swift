@@ -169,6 +169,27 @@ func referenceMatmul(_ a: [Double], _ b: [Double], m: Int, n: Int, k: Int, trans
         let back = Tensor.scatterAddRows(rows, indices: [2, 0, 2], rows: 3)
         #expect(back.scalars == [0, 1, 0, 0, 8, 10])
     }
+
+    /// The tiled transpose path (last output axis strided in the source) against index arithmetic,
+    /// on shapes that are not multiples of the 16×16 tile and on several axis orders.
+    @Test(arguments: [[0, 2, 1], [2, 0, 1], [1, 2, 0], [2, 1, 0], [0, 3, 2, 1], [3, 1, 0, 2], [1, 0, 3, 2]])
+    func permuteMatchesIndexArithmetic(order: [Int]) {
+        let shape = order.count == 3 ? [3, 37, 21] : [2, 5, 19, 33]
+        let x = randomTensor(shape, seed: 4)
+        let y = x.permuted(order)
+        #expect(y.shape == order.map { shape[$0] })
+        let inStrides = Tensor.strides(of: shape), outStrides = Tensor.strides(of: y.shape)
+        var mismatches = 0
+        for flat in 0..<y.count {
+            var rest = flat, src = 0
+            for a in 0..<order.count {
+                let i = rest / outStrides[a]; rest %= outStrides[a]
+                src += i * inStrides[order[a]]
+            }
+            if y.scalars[flat] != x.scalars[src] { mismatches += 1 }
+        }
+        #expect(mismatches == 0, "permute \(order) of \(shape)")
+    }
 }
 
 @Suite struct MatrixProducts {
