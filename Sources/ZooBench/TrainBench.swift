@@ -40,7 +40,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     usleep(150_000)
     let ceiling = 2.0 * Double(n * n * n) / ceilingTime / 1e9
 
-    var table = Table(["mixer", "params", "step ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "% of sgemm"])
+    var table = Table(["mixer", "params", "step ms", "fwd ms", "bwd ms", "opt ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "% of sgemm"])
     for name in names {
         let mixerYAML = peerSettings[name] ?? name
         let yaml = """
@@ -63,14 +63,23 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
             inputs += ids[start..<(start + length)]
             targets += ids[(start + 1)..<(start + length + 1)]
         }
+        // Each step is also split into its phases (forward with the loss, backward, clipping with
+        // the optimizer update), so a slow mixer shows where its time goes.
+        var phases: [[Double]] = [[], [], []]
         func trainingStep() {
+            let t0 = now()
             let loss = model.loss(inputs, targets: targets, batch: batch, length: length)
+            let t1 = now()
             loss.backward()
+            let t2 = now()
             clipGradientNorm(params, maxNorm: 1)
             opt.step(params, learningRate: 1e-3)
             for p in params { p.variable.zeroGrad() }
+            let t3 = now()
+            for (i, d) in [t1 - t0, t2 - t1, t3 - t2].enumerated() { phases[i].append(d) }
         }
         let t = measure(warmup: 1, repeats: steps, minSeconds: 0) { trainingStep() }.median
+        let phaseMedians = phases.map { Measurement(samples: Array($0.dropFirst())).median }
         let tokens = Double(batch * length)
         // Matmul FLOPs of a step: 6 per weight per token for the dense layers and the tied head,
         // plus attention's score and value products (causal: 2·T²·d forward, ×3.5 with backward).
@@ -82,7 +91,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
         }
         let gflops = flops / t / 1e9
         let peer = peerTokensPerSecond[name]
-        table.add([name, String(model.parameterCount), fmt(t * 1000), fmt(tokens / t, 0), peer.map { fmt($0, 0) } ?? "–",
+        table.add([name, String(model.parameterCount), fmt(t * 1000)] + phaseMedians.map { fmt($0 * 1000) } + [fmt(tokens / t, 0), peer.map { fmt($0, 0) } ?? "–",
                    peer.map { fmt(tokens / t / $0, 2) } ?? "–", fmt(gflops), fmt(100 * gflops / ceiling)])
     }
     report.append("sgemm ceiling (1024², \(ZooThreads.count) OpenBLAS threads): \(fmt(ceiling)) GFLOP/s")
