@@ -156,7 +156,8 @@ extension Variable {
                 precondition(g.shape == input.value.shape, "backward: gradient of shape \(describe(g.shape)) for an input of shape \(describe(input.value.shape))")
                 if let p = input.node {
                     if var existing = p.outputGradients[input.outputIndex] {
-                        existing.add(g); p.outputGradients[input.outputIndex] = existing
+                        p.outputGradients[input.outputIndex] = nil   // so `existing` may own its storage
+                        p.outputGradients[input.outputIndex] = sum(&existing, g)
                     } else {
                         p.outputGradients[input.outputIndex] = g
                     }
@@ -168,6 +169,13 @@ extension Variable {
     }
 
     private func accumulate(into leaf: Variable, _ g: Tensor) {
-        if var existing = leaf.grad { existing.add(g); leaf.grad = existing } else { leaf.grad = g.copy() }
+        if var existing = leaf.grad { leaf.grad = nil; leaf.grad = sum(&existing, g) } else { leaf.grad = g.copy() }
+    }
+
+    /// a + g, in place when `a` owns its storage. A gradient is often shared (a sum passes the
+    /// same tensor to both inputs), and then one out-of-place pass beats copy-then-add.
+    private func sum(_ a: inout Tensor, _ g: Tensor) -> Tensor {
+        if a.ownsStorageUniquely() { a.add(g); return a }
+        return a + g
     }
 }

@@ -197,13 +197,12 @@ public enum SoftplusKernel: UnaryElementKernel {
     @inline(__always) public static func apply(_ x: Float) -> Float { fastSoftplus(F16(repeating: x))[0] }
 }
 /// GELU with the tanh approximation (as GPT-2 and `gelu(approximate="tanh")`):
-/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), computed as x·σ(2u) with u = √(2/π)·(x + 0.044715·x³)
+/// (½(1 + tanh u) = σ(2u) exactly): one exp and one division per element.
 public enum GELUKernel: UnaryElementKernel {
     @inline(__always) public static func apply(_ x: F16) -> F16 {
-        let cube: F16 = x * x * x
-        let inner: F16 = F16(repeating: 0.7978845608028654) * x.addingProduct(cube, F16(repeating: 0.044715))
-        let t: F16 = TanhKernel.apply(inner)
-        return F16(repeating: 0.5) * x * (t + 1)
+        let twoU = F16(repeating: 2 * 0.7978845608028654) * x.addingProduct(x * x * x, F16(repeating: 0.044715))
+        return x * fastSigmoid(twoU)
     }
     @inline(__always) public static func apply(_ x: Float) -> Float { apply(F16(repeating: x))[0] }
 }
@@ -270,16 +269,15 @@ public enum SiLUGradientKernel: BinaryElementKernel {
     }
     @inline(__always) public static func apply(_ x: Float, _ g: Float) -> Float { apply(F16(repeating: x), F16(repeating: g))[0] }
 }
-/// g · GELU′(x) for the tanh approximation: with u = c·(x + 0.044715·x³), t = tanh u,
-/// GELU′ = ½(1 + t) + ½·x·(1 − t²)·c·(1 + 3·0.044715·x²).
+/// g · GELU′(x) for the tanh approximation: with GELU = x·σ(2u), u = c·(x + 0.044715·x³),
+/// GELU′ = s + x·s·(1 − s)·2c·(1 + 3·0.044715·x²), s = σ(2u).
 public enum GELUGradientKernel: BinaryElementKernel {
     @inline(__always) public static func apply(_ x: F16, _ g: F16) -> F16 {
-        let c = F16(repeating: 0.7978845608028654)
+        let twoC = F16(repeating: 2 * 0.7978845608028654)
         let x2 = x * x
-        let t = TanhKernel.apply(c * x.addingProduct(x2 * x, F16(repeating: 0.044715)))
-        let dInner = c * F16(repeating: 1).addingProduct(x2, F16(repeating: 0.134145))
-        let half = F16(repeating: 0.5)
-        return g * (half * (1 + t) + half * x * (1 - t * t) * dInner)
+        let s = fastSigmoid(twoC * x.addingProduct(x2 * x, F16(repeating: 0.044715)))
+        let dTwoU = twoC * F16(repeating: 1).addingProduct(x2, F16(repeating: 0.134145))
+        return g * s.addingProduct(x * s * (1 - s), dTwoU)
     }
     @inline(__always) public static func apply(_ x: Float, _ g: Float) -> Float { apply(F16(repeating: x), F16(repeating: g))[0] }
 }

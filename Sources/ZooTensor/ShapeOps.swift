@@ -108,10 +108,10 @@ extension Tensor {
         let (outer, n, inner) = splitAround(ax)
         var outShape = shape; outShape[ax] = range.count
         var out = Tensor(uninitializedShape: outShape)
-        let po = out.mutablePointer()
+        let po = SendablePointer(out.mutablePointer()), px = SendablePointer(storage.pointer)
         let block = range.count * inner
-        for o in 0..<outer {
-            (po + o * block).update(from: storage.pointer + (o * n + range.lowerBound) * inner, count: block)
+        ZooThreads.parallelFor(outer, minChunk: Swift.max(1, 32768 / Swift.max(block, 1))) { rows in
+            for o in rows { (po + o * block).update(from: px + (o * n + range.lowerBound) * inner, count: block) }
         }
         return out
     }
@@ -137,14 +137,19 @@ extension Tensor {
         var outShape = first.shape
         outShape[ax] = parts.reduce(0) { $0 + $1.shape[ax] }
         var out = Tensor(uninitializedShape: outShape)
-        let po = out.mutablePointer()
+        let po = SendablePointer(out.mutablePointer())
         let outer = first.shape[..<ax].reduce(1, *), inner = first.shape[(ax + 1)...].reduce(1, *)
         let outBlock = outShape[ax] * inner
-        var offset = 0
-        for p in parts {
-            let block = p.shape[ax] * inner
-            for o in 0..<outer { (po + o * outBlock + offset).update(from: p.storage.pointer + o * block, count: block) }
-            offset += block
+        let sources = parts.map { SendablePointer($0.storage.pointer) }, blocks = parts.map { $0.shape[ax] * inner }
+        // Row by row of the output, all parts at once: each output row is written in one sweep.
+        ZooThreads.parallelFor(outer, minChunk: Swift.max(1, 32768 / Swift.max(outBlock, 1))) { rows in
+            for o in rows {
+                var offset = o * outBlock
+                for (src, block) in zip(sources, blocks) {
+                    (po + offset).update(from: src + o * block, count: block)
+                    offset += block
+                }
+            }
         }
         return out
     }
@@ -158,8 +163,22 @@ extension Tensor {
             }
             return ax
         }
-        var start = 0
-        return sizes.map { s in defer { start += s }; return slice(axis: ax, start..<(start + s)) }
+        // One sweep over the source rows writes every piece (rather than one sweep per piece).
+        let (outer, n, inner) = splitAround(ax)
+        var pieces = sizes.map { s -> Tensor in var sh = shape; sh[ax] = s; return Tensor(uninitializedShape: sh) }
+        let destinations = pieces.indices.map { SendablePointer(pieces[$0].mutablePointer()) }
+        let blocks = sizes.map { $0 * inner }
+        let px = SendablePointer(storage.pointer)
+        ZooThreads.parallelFor(outer, minChunk: Swift.max(1, 32768 / Swift.max(n * inner, 1))) { rows in
+            for o in rows {
+                var offset = o * n * inner
+                for (dst, block) in zip(destinations, blocks) {
+                    (dst + o * block).update(from: px + offset, count: block)
+                    offset += block
+                }
+            }
+        }
+        return pieces
     }
 
     /// Materialises broadcasting to `target`.

@@ -119,6 +119,10 @@ public struct Tensor: @unchecked Sendable {
     public var pointer: UnsafePointer<Float> { UnsafePointer(storage.pointer) }
 
     /// Mutable base pointer after making storage unique.
+    /// True when no other tensor shares this one's storage (writing through `mutablePointer()`
+    /// then copies nothing).
+    public mutating func ownsStorageUniquely() -> Bool { isKnownUniquelyReferenced(&storage) }
+
     public mutating func mutablePointer() -> UnsafeMutablePointer<Float> {
         if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
         return storage.pointer
