@@ -17,11 +17,17 @@ public func crossEntropy(_ logits: Variable, targets: [Int], ignoreIndex: Int = 
     let x = logits.value
     let counted = targets.filter { $0 != ignoreIndex }.count
     var lse = [Float](repeating: 0, count: n)
-    var total: Double = 0
-    for i in 0..<n where targets[i] != ignoreIndex {
-        lse[i] = logSumExpRow(x.pointer + i * v, v)
-        total += Double(lse[i] - x.pointer[i * v + targets[i]])
+    // Rows in parallel; the loss is then summed in row order (the same for any thread count).
+    let px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer))
+    lse.withUnsafeMutableBufferPointer { buffer in
+        guard let base = buffer.baseAddress else { return }   // no rows
+        let pl = SendablePointer(base)
+        ZooThreads.parallelFor(n, minChunk: Swift.max(1, 16384 / Swift.max(v, 1))) { range in
+            for i in range where targets[i] != ignoreIndex { pl[i] = logSumExpRow(px + i * v, v) }
+        }
     }
+    var total: Double = 0
+    for i in 0..<n where targets[i] != ignoreIndex { total += Double(lse[i] - x.pointer[i * v + targets[i]]) }
     let loss = Tensor.scalar(counted == 0 ? 0 : Float(total / Double(counted)))
     return record(loss, inputs: [logits]) { g in
         var dx = Tensor.zeros([n, v])
