@@ -29,8 +29,9 @@ public struct AdamW {
         let c1 = Float(1 - Foundation.pow(Double(beta1), t)), c2 = Float(1 - Foundation.pow(Double(beta2), t))
         for p in parameters {
             guard let g = p.variable.grad else { continue }
-            var m = firstMoments[p.name] ?? .zeros(g.shape)
-            var v = secondMoments[p.name] ?? .zeros(g.shape)
+            // Taken out of the dictionaries while updated, so the writes below copy nothing.
+            var m = firstMoments.removeValue(forKey: p.name) ?? .zeros(g.shape)
+            var v = secondMoments.removeValue(forKey: p.name) ?? .zeros(g.shape)
             precondition(m.shape == g.shape, "AdamW: moment of '\(p.name)' has shape \(describe(m.shape)), gradient \(describe(g.shape))")
             var value = p.variable.value
             let n = g.count
