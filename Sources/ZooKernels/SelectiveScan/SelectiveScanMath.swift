@@ -109,25 +109,8 @@ let log2e: Float = 1.4426950408889634
     pairReduce(pairReduce(q0, q1), pairReduce(q2, q3))
 }
 
-/// Transposes a 16×16 block (16 row vectors at m; `spare` is 256 floats of work space; the
-/// result is back in m after the even number of rounds). One round maps rows (2i, 2i+1) to
-/// (even lanes of both, odd lanes of both): as an index (row r, column c) of 4 + 4 bits, that
-/// rotates the 8 bits right by one, so four rounds swap r and c. 64 two-source permutes
-/// (vpermt2ps) per 256 values, instead of the scatters the loop vectoriser made of a scalar copy.
-@inline(always) func transpose16(_ m: UnsafeMutablePointer<Float>, _ spare: UnsafeMutablePointer<Float>) {
-    var from = m, to = spare
-    for _ in 0..<4 {
-        for i in 0..<8 {
-            let a = vload(from + 32 * i), b = vload(from + 32 * i + 16)
-            vstore(to + 16 * i, SIMD16(lowHalf: a.evenHalf, highHalf: b.evenHalf))
-            vstore(to + 16 * (8 + i), SIMD16(lowHalf: a.oddHalf, highHalf: b.oddHalf))
-        }
-        swap(&from, &to)
-    }
-}
-
 /// Copies `width` rows (row stride `rowStride`) of `count` values into the tile [count][16]
-/// (lane = row); lanes ≥ width become 0. Whole 16×16 blocks go through `transpose16`.
+/// (lane = row); lanes ≥ width become 0. Whole 16×16 blocks go through `transpose16x16` (ZooTensor).
 @inline(__always) func loadTile(_ src: UnsafePointer<Float>, rowStride: Int, width: Int, count: Int,
                                 into tile: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
     var t0 = 0
@@ -135,7 +118,7 @@ let log2e: Float = 1.4426950408889634
         while t0 + 16 <= count {
             let block = tile + 16 * t0
             for lane in 0..<16 { vstore(block + 16 * lane, vload(src + lane * rowStride + t0)) }
-            transpose16(block, spare)
+            transpose16x16(block, spare)
             t0 += 16
         }
     }
@@ -155,7 +138,7 @@ let log2e: Float = 1.4426950408889634
     if width == 16 {
         while t0 + 16 <= count {
             let block = tile + 16 * t0
-            transpose16(block, spare)
+            transpose16x16(block, spare)
             for lane in 0..<16 { vstore(dst + lane * rowStride + t0, vload(block + 16 * lane)) }
             t0 += 16
         }
