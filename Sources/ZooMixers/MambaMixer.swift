@@ -198,13 +198,12 @@ public struct MambaMixer: Mixer {
         let parts = xProj(x).split(axis: 2, sizes: [dtRank, n, n])          // dt, B, C
         let dt = matmul(parts[0], dtProjWeight, transB: true)               // [B, T, E]
         let a = aLog.exp() * -1
-        // The kernel is channel-major ([B, E, T], B/C [B, 1, N, T]).
-        let channelMajor = { (v: Variable) in v.permuted([0, 2, 1]) }
+        // The kernel reads the projections where they are (token-major: [B, T, E], B/C [B, T, N]),
+        // so nothing is permuted on the way in or out.
         let scan = SelectiveScanFunction(options: SelectiveScanOptions(checkpointInterval: config.checkpointInterval))
-        let y = scan([channelMajor(x), channelMajor(dt), a,
-                      channelMajor(parts[1]).reshaped([b, 1, n, t]), channelMajor(parts[2]).reshaped([b, 1, n, t]),
-                      skip, channelMajor(xz[1]), dtProjBias])[0]
-        return outProj(y.permuted([0, 2, 1]))
+        let y = scan([x, dt, a, parts[1], parts[2], skip, xz[1], dtProjBias])[0]     // [B, T, E]
+        precondition(y.shape == [b, t, innerWidth])
+        return outProj(y)
     }
 
     public func initialState(batch: Int) -> MambaState {
@@ -223,10 +222,8 @@ public struct MambaMixer: Mixer {
         let parts = xProj.apply(x).split(axis: 2, sizes: [dtRank, n, n])
         let dt = Tensor.matmul(parts[0], dtProjWeight.value, transB: true)
         let a = aLog.value.exp() * -1
-        let inputs = SelectiveScanInputs(
-            u: x.permuted([0, 2, 1]), delta: dt.permuted([0, 2, 1]), A: a,
-            B: parts[1].permuted([0, 2, 1]).reshaped([b, 1, n, t]), C: parts[2].permuted([0, 2, 1]).reshaped([b, 1, n, t]),
-            D: skip.value, z: xz[1].permuted([0, 2, 1]), deltaBias: dtProjBias.value, deltaSoftplus: true)
+        let inputs = SelectiveScanInputs(u: x, delta: dt, A: a, B: parts[1], C: parts[2], D: skip.value, z: xz[1],
+                                         deltaBias: dtProjBias.value, deltaSoftplus: true, layout: .tokenMajor)
         let y: Tensor
         if t == 1 {
             y = selectiveScanStep(inputs, state: &state.ssm)
@@ -239,11 +236,12 @@ public struct MambaMixer: Mixer {
             y = r.out
         }
         state.advance(by: t)
-        return outProj.apply(y.permuted([0, 2, 1]))
+        return outProj.apply(y)
     }
 }
 
-/// The selective scan as one tape node: inputs u, delta, A, B, C, D, z, deltaBias (softplus on);
+/// The selective scan as one tape node: inputs u, delta, A, B, C, D, z, deltaBias (softplus on,
+/// token-major: u, delta, z [B, T, E], B, C [B, T, N]);
 /// it keeps the input tensors (already alive on the tape) and the kernel's checkpoints, never a
 /// per-step state.
 struct SelectiveScanFunction: DifferentiableFunction {
@@ -256,7 +254,7 @@ struct SelectiveScanFunction: DifferentiableFunction {
 
     func forward(_ t: [Tensor]) -> (outputs: [Tensor], saved: Saved) {
         let inputs = SelectiveScanInputs(u: t[0], delta: t[1], A: t[2], B: t[3], C: t[4], D: t[5], z: t[6],
-                                         deltaBias: t[7], deltaSoftplus: true)
+                                         deltaBias: t[7], deltaSoftplus: true, layout: .tokenMajor)
         let r = selectiveScanForward(inputs, options: options)
         return ([r.out], Saved(inputs: inputs, checkpoints: r.saved!))
     }

@@ -121,6 +121,52 @@ func concatTime(_ parts: [Tensor]) -> Tensor {
         }
     }
 
+    /// The token-major layout ([B, L, D], B/C [B, L, G, N]) computes exactly what the
+    /// channel-major layout does: every output and gradient equal bit for bit after permuting,
+    /// for the fast forward and backward and for the step kernel (one token and a chunk).
+    @Test(arguments: shapes)
+    func tokenMajorLayoutMatchesChannelMajorBitwise(_ s: SelectiveScanShape) {
+        func sequence(_ t: Tensor) -> Tensor { t.permuted([0, 2, 1]) }
+        for (k, flags) in [(32, ScanFlags.all), (7, ScanFlags.none), (64, ScanFlags.mixed)] {
+            let x = makeCase(s, flags, seed: 17)
+            // G = 1 also as the rank-3 [B, L, N] form a model passes.
+            let rank3 = s.groups == 1 && k == 7
+            func state(_ t: Tensor) -> Tensor {
+                let tm = t.permuted([0, 3, 1, 2])
+                return rank3 ? tm.reshaped([s.batch, s.length, s.stateSize]) : tm
+            }
+            let xt = SelectiveScanInputs(u: sequence(x.u), delta: sequence(x.delta), A: x.A, B: state(x.B), C: state(x.C),
+                                         D: x.D, z: x.z.map(sequence), deltaBias: x.deltaBias,
+                                         initialState: x.initialState, deltaSoftplus: x.deltaSoftplus, layout: .tokenMajor)
+            let what = "\(s) \(flags) K=\(k)"
+            let options = SelectiveScanOptions(checkpointInterval: k)
+            let fc = selectiveScanForward(x, options: options), ft = selectiveScanForward(xt, options: options)
+            #expect(ft.out.shape == [s.batch, s.length, s.channels], "out shape \(what)")
+            #expect(ft.out.doubles == sequence(fc.out).doubles, "out \(what)")
+            #expect(ft.finalState.doubles == fc.finalState.doubles, "final state \(what)")
+
+            var g = SeededGenerator(seed: 23)
+            let gradOut = Tensor.normal([s.batch, s.channels, s.length], generator: &g)
+            let gradFinal = Tensor.normal([s.batch, s.channels, s.stateSize], generator: &g)
+            let gc = selectiveScanBackward(x, saved: fc.saved!, gradOut: gradOut, gradFinalState: gradFinal)
+            let gt = selectiveScanBackward(xt, saved: ft.saved!, gradOut: sequence(gradOut), gradFinalState: gradFinal)
+            #expect(gt.u.doubles == sequence(gc.u).doubles, "∂u \(what)")
+            #expect(gt.delta.doubles == sequence(gc.delta).doubles, "∂delta \(what)")
+            #expect(gt.z?.doubles == gc.z.map(sequence)?.doubles, "∂z \(what)")
+            #expect(gt.B.shape == xt.B.shape && gt.B.doubles == state(gc.B).doubles, "∂B \(what)")
+            #expect(gt.C.doubles == state(gc.C).doubles, "∂C \(what)")
+            #expect(gt.A.doubles == gc.A.doubles && gt.initialState.doubles == gc.initialState.doubles, "∂A, ∂h0 \(what)")
+            #expect(gt.D?.doubles == gc.D?.doubles && gt.deltaBias?.doubles == gc.deltaBias?.doubles, "∂D, ∂bias \(what)")
+
+            // Step kernel: the whole sequence as one chunk, from the initial state.
+            var stateC = x.initialState ?? Tensor.zeros([s.batch, s.channels, s.stateSize]), stateT = stateC
+            var xs = x, xts = xt
+            xs.initialState = nil; xts.initialState = nil
+            let sc = selectiveScanStep(xs, state: &stateC), st = selectiveScanStep(xts, state: &stateT)
+            #expect(st.doubles == sequence(sc).doubles && stateT.doubles == stateC.doubles, "step \(what)")
+        }
+    }
+
     /// Without a final-state gradient the backward treats it as zero.
     @Test func backwardWithoutFinalStateGradient() {
         let s = SelectiveScanShape(batch: 1, channels: 20, length: 45, stateSize: 4)

@@ -29,8 +29,9 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
     if saved.shape != s {
         fatalError("\(function): saved checkpoints are for \(saved.shape), inputs are \(s)")
     }
-    if gradOut.shape != [s.batch, s.channels, s.length] {
-        fatalError("\(function): gradOut must be [B, D, L] = \(describe([s.batch, s.channels, s.length])), got \(describe(gradOut.shape))")
+    let sequenceShape = ScanSequenceLayout(x.layout, s).shape(batch: s.batch)
+    if gradOut.shape != sequenceShape {
+        fatalError("\(function): gradOut must have out's shape \(describe(sequenceShape)) (\(x.layout)), got \(describe(gradOut.shape))")
     }
     if let gradFinalState, gradFinalState.shape != [s.batch, s.channels, s.stateSize] {
         fatalError("\(function): gradFinalState must be [B, D, N] = \(describe([s.batch, s.channels, s.stateSize])), got \(describe(gradFinalState.shape))")
@@ -40,17 +41,17 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
     let slices = (geo.blocksPerGroup + tilesPerBackwardItem - 1) / tilesPerBackwardItem
     let items = nb * s.groups * slices
 
-    var gu = Tensor(uninitializedShape: [nb, nd, l]), gdelta = Tensor(uninitializedShape: [nb, nd, l])
-    var gz = x.z == nil ? nil : Tensor(uninitializedShape: [nb, nd, l])
+    var gu = Tensor(uninitializedShape: sequenceShape), gdelta = Tensor(uninitializedShape: sequenceShape)
+    var gz = x.z == nil ? nil : Tensor(uninitializedShape: sequenceShape)
     var gh0 = Tensor(uninitializedShape: [nb, nd, n])
     let perBatchA = ScratchBuffer(count: nb * nd * n, zeroed: false)
     let perBatchD = ScratchBuffer(count: nb * nd, zeroed: false)
     let perBatchBias = ScratchBuffer(count: nb * nd, zeroed: false)
     let partialB = ScratchBuffer(count: items * l * np)
     let partialC = ScratchBuffer(count: items * l * np)
-    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: np)
-    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: np)
-    let inputs = ScanInputPointers(x, bRows: bRows, cRows: cRows)
+    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: np, layout: x.layout)
+    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: np, layout: x.layout)
+    let inputs = ScanInputPointers(x, shape: s, bRows: bRows, cRows: cRows)
     var gzPointer: SendablePointer<Float>? = nil
     if gz != nil { gzPointer = SendablePointer(gz!.mutablePointer()) }
     let outputs = ScanBackwardOutputs(
@@ -75,21 +76,26 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
         }
     }
 
-    // ∂B, ∂C: sum the slice partials of each group in slice order, back to [B, G, N, L].
+    // ∂B, ∂C: sum the slice partials of each group in slice order, back to [B, G, N, L]
+    // (token-major: [B, L, G, N], where state i of step t sits at stride 1 from state i − 1).
     var gB = Tensor(uninitializedShape: x.B.shape), gC = Tensor(uninitializedShape: x.C.shape)
     let gBp = SendablePointer(gB.mutablePointer()), gCp = SendablePointer(gC.mutablePointer())
     let pB = SendablePointer(partialB.pointer), pC = SendablePointer(partialC.pointer)
+    let tokenMajor = x.layout == .tokenMajor, groups = s.groups
     withExtendedLifetime((partialB, partialC)) {
-        ZooThreads.parallelFor(nb * s.groups * n) { range in
+        ZooThreads.parallelFor(nb * groups * n) { range in
             for row in range {
                 let bg = row / n, i = row % n
+                // Element t of this (b, g, i) row: channel-major at row·L + t, token-major at
+                // ((b·L + t)·G + g)·N + i.
+                let (start, step) = tokenMajor ? (((bg / groups) * l * groups + bg % groups) * n + i, groups * n) : (row * l, 1)
                 for (partial, grad) in [(pB, gBp), (pC, gCp)] {
-                    let dst = grad.pointer + row * l
+                    let dst = grad.pointer + start
                     let first = partial.pointer + bg * slices * l * np + i
-                    for t in 0..<l { dst[t] = first[t * np] }
+                    for t in 0..<l { dst[t * step] = first[t * np] }
                     for slice in 1..<max(slices, 1) {
                         let src = first + slice * l * np
-                        for t in 0..<l { dst[t] += src[t * np] }
+                        for t in 0..<l { dst[t * step] += src[t * np] }
                     }
                 }
             }
@@ -147,14 +153,14 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
     var gDAcc = F16(), gBiasAcc = F16()
     let bRows = x.bRows + (b * s.groups + g) * l * np
     let cRows = x.cRows + (b * s.groups + g) * l * np
-    let rowOffset = (b * s.channels + first) * l
 
     for c in stride(from: geo.chunks - 1, through: 0, by: -1) {
         let t0 = c * geo.interval, count = geo.chunkLength(c)
-        loadTile(x.u + rowOffset + t0, rowStride: l, width: width, count: count, into: w.u, spare: w.spare)
-        loadTile(x.delta + rowOffset + t0, rowStride: l, width: width, count: count, into: w.dt, spare: w.spare)
-        loadTile(o.gradOut + rowOffset + t0, rowStride: l, width: width, count: count, into: w.gout, spare: w.spare)
-        if let z = x.z { loadTile(z + rowOffset + t0, rowStride: l, width: width, count: count, into: w.z, spare: w.spare) }
+        let tileOffset = x.seq.offset(batch: b, channel: first, step: t0)
+        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: w.u, spare: w.spare)
+        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: w.dt, spare: w.spare)
+        loadSequenceTile(o.gradOut + tileOffset, x.seq, width: width, count: count, into: w.gout, spare: w.spare)
+        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: w.z, spare: w.spare) }
         for t in 0..<count {
             var delta = vadd(vload(w.dt + 16 * t), bias)
             if softplus {
@@ -200,9 +206,9 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
             gBiasAcc = vadd(gBiasAcc, gpre)
             gDAcc = vfma(gy, u, gDAcc)
         }
-        storeTile(w.gu, to: o.gu + rowOffset + t0, rowStride: l, width: width, count: count, spare: w.spare)
-        storeTile(w.gdt, to: o.gdelta + rowOffset + t0, rowStride: l, width: width, count: count, spare: w.spare)
-        if let gz = o.gz { storeTile(w.z, to: gz + rowOffset + t0, rowStride: l, width: width, count: count, spare: w.spare) }
+        storeSequenceTile(w.gu, to: o.gu + tileOffset, x.seq, width: width, count: count, spare: w.spare)
+        storeSequenceTile(w.gdt, to: o.gdelta + tileOffset, x.seq, width: width, count: count, spare: w.spare)
+        if let gz = o.gz { storeSequenceTile(w.z, to: gz + tileOffset, x.seq, width: width, count: count, spare: w.spare) }
     }
     storeStateTile(w.carry, to: o.gh0, batch: b, first: first, width: width, shape: s)
     storeStateTile(w.gA, to: o.gA, batch: b, first: first, width: width, shape: s)

@@ -2,11 +2,13 @@ import ZooTensor
 
 // Selective scan, fast forward.
 //   u, delta, z: [B, D, L]   A: [D, N]   B, C: [B, G, N, L]   D, deltaBias: [D]   h0: [B, D, N]
+//   (token-major: u, delta, z, out [B, L, D], B, C [B, L, G, N]; SelectiveScanTypes.swift)
 //   Δ_t = softplus(delta_t + bias);  h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t u_t B_t;
 //   out_t = (⟨h_t, C_t⟩ + D u_t) · silu(z_t)
 // Algorithm: one SIMD16 vector holds 16 channels of one B/C group; a tile of 16 channels keeps
 // its N-dim state in 16-state register groups while it walks the sequence. Channel-major inputs
-// are transposed per K-step chunk into [K][16] tiles (contiguous time loop), B and C once per call
+// are transposed per K-step chunk into [K][16] tiles (contiguous time loop; token-major rows load
+// as vectors), B and C once per call
 // into [L][Npad] rows (one broadcast per state and step). Work items are (batch, 16-channel tile),
 // split over the workers; every output element is written by one item, so the result does not
 // depend on the thread count. The exponential is base 2 on A·log2(e) (SelectiveScanMath.swift, exp2Vector).
@@ -17,8 +19,10 @@ struct ScanInputPointers: @unchecked Sendable {
     let u, delta, A: UnsafePointer<Float>
     let D, z, deltaBias, initialState: UnsafePointer<Float>?
     let bRows, cRows: UnsafePointer<Float>           // transposed [B, G, L, Npad]
+    let seq: ScanSequenceLayout                      // where u, delta, z, out (and gradients) live
 
-    init(_ x: SelectiveScanInputs, bRows: ScratchBuffer, cRows: ScratchBuffer) {
+    init(_ x: SelectiveScanInputs, shape: SelectiveScanShape, bRows: ScratchBuffer, cRows: ScratchBuffer) {
+        seq = ScanSequenceLayout(x.layout, shape)
         u = x.u.pointer; delta = x.delta.pointer; A = x.A.pointer
         D = x.D?.pointer; z = x.z?.pointer; deltaBias = x.deltaBias?.pointer
         initialState = x.initialState?.pointer
@@ -26,19 +30,19 @@ struct ScanInputPointers: @unchecked Sendable {
     }
 }
 
-/// Runs the selective scan: out [B, D, L], the final state [B, D, N] and, unless
+/// Runs the selective scan: out [B, D, L] (in the inputs' layout), the final state [B, D, N] and, unless
 /// `options.saveForBackward` is false, the checkpoints the backward needs.
 public func selectiveScanForward(_ x: SelectiveScanInputs,
                                  options: SelectiveScanOptions = SelectiveScanOptions()) -> SelectiveScanForwardResult {
     let s = x.shape(checkedBy: "selectiveScanForward")
     let geo = ScanGeometry(s, interval: options.checkpointInterval, function: "selectiveScanForward")
-    var out = Tensor(uninitializedShape: [s.batch, s.channels, s.length])
+    var out = Tensor(uninitializedShape: ScanSequenceLayout(x.layout, s).shape(batch: s.batch))
     var final = Tensor(uninitializedShape: [s.batch, s.channels, s.stateSize])
     var checkpoints = options.saveForBackward
         ? Tensor(uninitializedShape: [s.batch, geo.blocks, geo.chunks, geo.paddedState, 16]) : nil
-    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: geo.paddedState)
-    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: geo.paddedState)
-    let inputs = ScanInputPointers(x, bRows: bRows, cRows: cRows)
+    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: geo.paddedState, layout: x.layout)
+    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: geo.paddedState, layout: x.layout)
+    let inputs = ScanInputPointers(x, shape: s, bRows: bRows, cRows: cRows)
     let outPointer = SendablePointer(out.mutablePointer())
     let finalPointer = SendablePointer(final.mutablePointer())
     var checkpointPointer: SendablePointer<Float>? = nil
@@ -128,22 +132,22 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
     let dSkip = laneVector(x.D, first: first, width: width)
     let bRows = x.bRows + (b * s.groups + g) * l * np
     let cRows = x.cRows + (b * s.groups + g) * l * np
-    let rowOffset = (b * s.channels + first) * l
 
     for c in 0..<geo.chunks {
         let t0 = c * geo.interval, count = geo.chunkLength(c)
+        let tileOffset = x.seq.offset(batch: b, channel: first, step: t0)
         if let checkpoints {
             (checkpoints + ((b * geo.blocks + block) * geo.chunks + c) * np * 16).update(from: scratch.h, count: np * 16)
         }
-        loadTile(x.u + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.u, spare: scratch.spare)
-        loadTile(x.delta + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.dt, spare: scratch.spare)
+        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: scratch.u, spare: scratch.spare)
+        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: scratch.dt, spare: scratch.spare)
         discretise(dt: scratch.dt, du: scratch.du, u: scratch.u, bias: bias, softplus: softplus, count: count)
         for group in 0..<geo.stateGroups {
             scanStateGroup(h: scratch.h + 256 * group, a2: scratch.a2 + 256 * group, dt: scratch.dt, du: scratch.du,
                            bRows: bRows + t0 * np + 16 * group, cRows: cRows + t0 * np + 16 * group, rowStride: np,
                            y: scratch.y, count: count, accumulate: group > 0)
         }
-        if let z = x.z { loadTile(z + rowOffset + t0, rowStride: l, width: width, count: count, into: scratch.z, spare: scratch.spare) }
+        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: scratch.z, spare: scratch.spare) }
         for t in 0..<count {
             var y = vfma(dSkip, vload(scratch.u + 16 * t), vload(scratch.y + 16 * t))
             if x.z != nil {
@@ -152,7 +156,7 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
             }
             vstore(scratch.y + 16 * t, y)
         }
-        storeTile(scratch.y, to: out + rowOffset + t0, rowStride: l, width: width, count: count, spare: scratch.spare)
+        storeSequenceTile(scratch.y, to: out + tileOffset, x.seq, width: width, count: count, spare: scratch.spare)
     }
     storeStateTile(scratch.h, to: final, batch: b, first: first, width: width, shape: s)
 }

@@ -150,6 +150,44 @@ let log2e: Float = 1.4426950408889634
     }
 }
 
+/// `loadTile` for a sequence tensor in either layout: `src` points at (b, first channel, t0).
+/// Token-major rows already hold 16 consecutive channels per step, so they load as vectors.
+@inline(__always) func loadSequenceTile(_ src: UnsafePointer<Float>, _ seq: ScanSequenceLayout, width: Int, count: Int,
+                                        into tile: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+    guard seq.layout == .tokenMajor else {
+        loadTile(src, rowStride: seq.laneStride, width: width, count: count, into: tile, spare: spare)
+        return
+    }
+    let step = seq.timeStride
+    if width == 16 {
+        for t in 0..<count { vstore(tile + 16 * t, vload(src + t * step)) }
+    } else {
+        for t in 0..<count {
+            var v = F16()
+            for lane in 0..<width { v[lane] = src[t * step + lane] }
+            vstore(tile + 16 * t, v)
+        }
+    }
+}
+
+/// The inverse of `loadSequenceTile` for the first `width` lanes (the tile may be overwritten).
+@inline(__always) func storeSequenceTile(_ tile: UnsafeMutablePointer<Float>, to dst: UnsafeMutablePointer<Float>,
+                                         _ seq: ScanSequenceLayout, width: Int, count: Int,
+                                         spare: UnsafeMutablePointer<Float>) {
+    guard seq.layout == .tokenMajor else {
+        storeTile(tile, to: dst, rowStride: seq.laneStride, width: width, count: count, spare: spare)
+        return
+    }
+    let step = seq.timeStride
+    if width == 16 {
+        for t in 0..<count { vstore(dst + t * step, vload(tile + 16 * t)) }
+    } else {
+        for t in 0..<count {
+            for lane in 0..<width { dst[t * step + lane] = tile[16 * t + lane] }
+        }
+    }
+}
+
 /// Lane values of a per-channel vector (D, deltaBias): src[first..<first+width], zero padded.
 @inline(__always) func laneVector(_ src: UnsafePointer<Float>?, first: Int, width: Int) -> F16 {
     var v = F16()
@@ -157,20 +195,29 @@ let log2e: Float = 1.4426950408889634
     return v
 }
 
-/// B or C [B, G, N, L] → [B, G, L, Npad] (zero padded states), so the scan reads one contiguous
-/// row of N values per step and broadcasts from it. O(B·G·N·L), once per call.
-func transposeStateInputs(_ src: UnsafePointer<Float>, shape s: SelectiveScanShape, paddedState: Int) -> ScratchBuffer {
-    let l = s.length, n = s.stateSize
-    let out = ScratchBuffer(count: s.batch * s.groups * l * paddedState, zeroed: paddedState != n)
+/// B or C [B, G, N, L] (token-major [B, L, G, N]) → [B, G, L, Npad] (zero padded states), so
+/// the scan reads one contiguous row of N values per step and broadcasts from it. O(B·G·N·L),
+/// once per call.
+func transposeStateInputs(_ src: UnsafePointer<Float>, shape s: SelectiveScanShape, paddedState: Int,
+                          layout: SelectiveScanLayout) -> ScratchBuffer {
+    let l = s.length, n = s.stateSize, groups = s.groups
+    let out = ScratchBuffer(count: s.batch * groups * l * paddedState, zeroed: paddedState != n)
     let dst = SendablePointer(out.pointer)
     let srcPointer = SendablePointer(UnsafeMutablePointer(mutating: src))
-    ZooThreads.parallelFor(s.batch * s.groups) { range in
+    ZooThreads.parallelFor(s.batch * groups) { range in
         for bg in range {
-            let from = srcPointer.pointer + bg * n * l
             let to = dst.pointer + bg * l * paddedState
-            for i in 0..<n {
-                let row = from + i * l
-                for t in 0..<l { to[t * paddedState + i] = row[t] }
+            if layout == .tokenMajor {
+                let b = bg / groups, g = bg % groups
+                for t in 0..<l {
+                    (to + t * paddedState).update(from: srcPointer.pointer + ((b * l + t) * groups + g) * n, count: n)
+                }
+            } else {
+                let from = srcPointer.pointer + bg * n * l
+                for i in 0..<n {
+                    let row = from + i * l
+                    for t in 0..<l { to[t * paddedState + i] = row[t] }
+                }
             }
         }
     }

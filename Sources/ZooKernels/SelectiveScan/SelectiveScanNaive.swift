@@ -33,8 +33,10 @@ public struct SelectiveScanReferenceInputs: Sendable {
         self.deltaSoftplus = deltaSoftplus
     }
 
-    /// The same inputs as the Float32 kernels see them.
+    /// The same inputs as the Float32 kernels see them, always channel-major (token-major inputs
+    /// are permuted; the reference's outputs and gradients are then channel-major too).
     public init(_ x: SelectiveScanInputs) {
+        let x = x.channelMajor()
         self.init(shape: x.shape(checkedBy: "SelectiveScanReferenceInputs"), u: x.u.doubles,
                   delta: x.delta.doubles, A: x.A.doubles, B: x.B.doubles, C: x.C.doubles,
                   D: x.D?.doubles, z: x.z?.doubles, deltaBias: x.deltaBias?.doubles,

@@ -2,13 +2,15 @@ import ZooTensor
 
 // Selective scan, recurrent step (decode): one token, or a short chunk, from a given state.
 //   u, delta, z: [B, D, L]   A: [D, N]   B, C: [B, G, N, L]   D, deltaBias: [D]   state: [B, D, N]
+//   (token-major: u, delta, z, out [B, L, D], B, C [B, L, G, N]; SelectiveScanTypes.swift)
 //   Δ_t = softplus(delta_t + bias);  h ← exp(Δ_t A) ⊙ h + Δ_t u_t B_t;  out_t = (⟨h, C_t⟩ + D u_t)·silu(z_t)
 // `state` holds h before the call and h after its last token. Vectors run over the state index n
 // (one channel at a time), not over channels as in the fast forward: for L = 1 the inputs of a
 // channel are single values and B/C rows are contiguous, and the two kernels check each other.
 // Long prefills should call `selectiveScanForward` with `initialState` instead (channel-vectorised).
 
-/// Advances `state` [B, D, N] over the L ≥ 1 tokens of `x` and returns out [B, D, L].
+/// Advances `state` [B, D, N] over the L ≥ 1 tokens of `x` and returns out [B, D, L] (in the
+/// inputs' layout).
 /// `x.initialState` must be nil (the state comes from `state`).
 public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> Tensor {
     let function = "selectiveScanStep"
@@ -21,7 +23,9 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
     }
     let (nd, l, n) = (s.channels, s.length, s.stateSize)
     let np = (n + 15) / 16 * 16
-    var out = Tensor(uninitializedShape: [s.batch, nd, l])
+    let seq = ScanSequenceLayout(x.layout, s)
+    let tokenMajor = x.layout == .tokenMajor, groups = s.groups
+    var out = Tensor(uninitializedShape: seq.shape(batch: s.batch))
     let inputs = ScanStepPointers(x)
     let outPointer = SendablePointer(out.mutablePointer())
     let statePointer = SendablePointer(state.mutablePointer())
@@ -36,12 +40,15 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
                 let hState = statePointer.pointer + row * n
                 for i in 0..<n { a2[i] = inputs.A[d * n + i] * log2e; h[i] = hState[i] }
                 let bias = inputs.deltaBias?[d] ?? 0, skip = inputs.D?[d] ?? 0
-                let bc = (b * s.groups + g) * n * l
                 for t in 0..<l {
-                    let pre = inputs.delta[row * l + t] + bias
+                    let at = seq.offset(batch: b, channel: d, step: t)
+                    let pre = inputs.delta[at] + bias
                     let delta = softplus ? softplusVector(splat(pre))[0] : pre
-                    let u = inputs.u[row * l + t]
-                    for i in 0..<n { bRow[i] = inputs.B[bc + i * l + t]; cRow[i] = inputs.C[bc + i * l + t] }
+                    let u = inputs.u[at]
+                    // State i of step t: [B, G, N, L] at ((b·G + g)·N + i)·L + t, [B, L, G, N] at
+                    // ((b·L + t)·G + g)·N + i.
+                    let (bc, stateStride) = tokenMajor ? (((b * l + t) * groups + g) * n, 1) : ((b * groups + g) * n * l + t, l)
+                    for i in 0..<n { bRow[i] = inputs.B[bc + i * stateStride]; cRow[i] = inputs.C[bc + i * stateStride] }
                     let dv = splat(delta), du = splat(delta * u)
                     var y = F16()
                     for c in stride(from: 0, to: np, by: 16) {
@@ -51,10 +58,10 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
                     }
                     var yt = y.sum() + skip * u
                     if let z = inputs.z {
-                        let zt = z[row * l + t]
+                        let zt = z[at]
                         yt *= zt * sigmoidVector(splat(zt))[0]
                     }
-                    outPointer.pointer[row * l + t] = yt
+                    outPointer.pointer[at] = yt
                 }
                 for i in 0..<n { hState[i] = h[i] }
             }

@@ -5,6 +5,19 @@ import ZooTensor
 //   u, delta, z: [B, D, L]   A: [D, N]   B, C: [B, G, N, L] (G divides D; [B, N, L] means G = 1)
 //   D, deltaBias: [D]        initialState h0, finalState: [B, D, N]
 // Channel d reads B/C group d / (D/G).
+// Token-major layout (`SelectiveScanLayout.tokenMajor`, what a model's projections produce):
+//   u, delta, z, out: [B, L, D]   B, C: [B, L, G, N] (or [B, L, N])   the rest as above.
+// The fast kernels read either layout directly: channel-major rows are transposed into their
+// [K][16] time tiles, token-major rows are already 16 channels per step (plain vector loads),
+// so a model saves a permute of every input and output.
+
+/// How u, delta, z, out (and their gradients) and B, C are laid out in memory.
+public enum SelectiveScanLayout: Sendable, Equatable {
+    /// u [B, D, L], B [B, G, N, L]: the reference kernels' layout.
+    case channelMajor
+    /// u [B, L, D], B [B, L, G, N]: the layout of a [B, L, features] activation.
+    case tokenMajor
+}
 
 /// The sizes of one selective scan call.
 public struct SelectiveScanShape: Sendable, Equatable, CustomStringConvertible {
@@ -48,30 +61,55 @@ public struct SelectiveScanInputs: Sendable {
     public var deltaBias: Tensor?
     public var initialState: Tensor?
     public var deltaSoftplus: Bool
+    public var layout: SelectiveScanLayout
 
     public init(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor? = nil,
                 z: Tensor? = nil, deltaBias: Tensor? = nil, initialState: Tensor? = nil,
-                deltaSoftplus: Bool = false) {
+                deltaSoftplus: Bool = false, layout: SelectiveScanLayout = .channelMajor) {
         self.u = u; self.delta = delta; self.A = A; self.B = B; self.C = C; self.D = D
         self.z = z; self.deltaBias = deltaBias; self.initialState = initialState
         self.deltaSoftplus = deltaSoftplus
+        self.layout = layout
+    }
+
+    /// The same inputs in the channel-major layout (permuted copies when token-major).
+    public func channelMajor() -> SelectiveScanInputs {
+        guard layout == .tokenMajor else { return self }
+        let s = shape(checkedBy: "SelectiveScanInputs.channelMajor")
+        func stateInput(_ t: Tensor) -> Tensor {
+            t.reshaped([s.batch, s.length, s.groups, s.stateSize]).permuted([0, 2, 3, 1]).reshaped(
+                t.rank == 3 ? [s.batch, s.stateSize, s.length] : [s.batch, s.groups, s.stateSize, s.length])
+        }
+        var x = self
+        x.u = u.permuted([0, 2, 1]); x.delta = delta.permuted([0, 2, 1]); x.z = z?.permuted([0, 2, 1])
+        x.B = stateInput(B); x.C = stateInput(C)
+        x.layout = .channelMajor
+        return x
     }
 
     /// Validates every shape against u [B, D, L] and A [D, N]; stops with a message naming
     /// `function` and the offending shapes.
     public func shape(checkedBy function: String) -> SelectiveScanShape {
         func fail(_ what: String) -> Never {
-            fatalError("\(function): \(what) (u \(describe(u.shape)), delta \(describe(delta.shape)), A \(describe(A.shape)), B \(describe(B.shape)), C \(describe(C.shape)))")
+            fatalError("\(function): \(what) (\(layout), u \(describe(u.shape)), delta \(describe(delta.shape)), A \(describe(A.shape)), B \(describe(B.shape)), C \(describe(C.shape)))")
         }
-        guard u.rank == 3 else { fail("u must be [B, D, L], got \(describe(u.shape))") }
-        let (b, d, l) = (u.shape[0], u.shape[1], u.shape[2])
-        guard delta.shape == u.shape else { fail("delta must have u's shape [B, D, L]") }
+        let tokenMajor = layout == .tokenMajor
+        let sequenceShape = tokenMajor ? "[B, L, D]" : "[B, D, L]"
+        guard u.rank == 3 else { fail("u must be \(sequenceShape), got \(describe(u.shape))") }
+        let (b, d, l) = tokenMajor ? (u.shape[0], u.shape[2], u.shape[1]) : (u.shape[0], u.shape[1], u.shape[2])
+        guard delta.shape == u.shape else { fail("delta must have u's shape \(sequenceShape)") }
         guard A.rank == 2, A.shape[0] == d else { fail("A must be [D, N] with D = \(d)") }
         let n = A.shape[1]
         let g: Int
-        if B.rank == 3 && B.shape == [b, n, l] { g = 1 }
-        else if B.rank == 4 && B.shape[0] == b && B.shape[2] == n && B.shape[3] == l && B.shape[1] >= 1 { g = B.shape[1] }
-        else { fail("B must be [B, G, N, L] = [\(b), G, \(n), \(l)] (or [B, N, L])") }
+        if tokenMajor {
+            if B.rank == 3 && B.shape == [b, l, n] { g = 1 }
+            else if B.rank == 4 && B.shape[0] == b && B.shape[1] == l && B.shape[3] == n && B.shape[2] >= 1 { g = B.shape[2] }
+            else { fail("B must be [B, L, G, N] = [\(b), \(l), G, \(n)] (or [B, L, N])") }
+        } else {
+            if B.rank == 3 && B.shape == [b, n, l] { g = 1 }
+            else if B.rank == 4 && B.shape[0] == b && B.shape[2] == n && B.shape[3] == l && B.shape[1] >= 1 { g = B.shape[1] }
+            else { fail("B must be [B, G, N, L] = [\(b), G, \(n), \(l)] (or [B, N, L])") }
+        }
         guard C.shape == B.shape else { fail("C must have B's shape") }
         if let D, D.shape != [d] { fail("D must be [\(d)], got \(describe(D.shape))") }
         if let z, z.shape != u.shape { fail("z must have u's shape, got \(describe(z.shape))") }
@@ -111,7 +149,7 @@ public struct SelectiveScanSaved: Sendable {
 }
 
 public struct SelectiveScanForwardResult: Sendable {
-    /// [B, D, L]
+    /// [B, D, L] ([B, L, D] token-major)
     public var out: Tensor
     /// h_L: [B, D, N]
     public var finalState: Tensor
@@ -132,6 +170,24 @@ public struct SelectiveScanGradients: Sendable {
     public var z: Tensor?
     public var deltaBias: Tensor?
     public var initialState: Tensor
+}
+
+/// Where the sequence tensors (u, delta, z, out and their gradients) keep element (b, d, t):
+/// at `offset(b, d, t)`, with channel d + 1 at `+ laneStride` and step t + 1 at `+ timeStride`.
+struct ScanSequenceLayout {
+    let layout: SelectiveScanLayout
+    let channels: Int
+    let length: Int
+    init(_ layout: SelectiveScanLayout, _ s: SelectiveScanShape) {
+        self.layout = layout; channels = s.channels; length = s.length
+    }
+    var laneStride: Int { layout == .tokenMajor ? 1 : length }
+    var timeStride: Int { layout == .tokenMajor ? channels : 1 }
+    @inline(__always) func offset(batch b: Int, channel d: Int, step t: Int) -> Int {
+        layout == .tokenMajor ? (b * length + t) * channels + d : (b * channels + d) * length + t
+    }
+    /// The shape of a sequence tensor in this layout.
+    func shape(batch: Int) -> [Int] { layout == .tokenMajor ? [batch, length, channels] : [batch, channels, length] }
 }
 
 /// How the fast kernels cut the work: tiles of 16 channels inside one B/C group (the last tile
