@@ -111,7 +111,8 @@ public enum ExperimentRunner {
     /// needs `resume` (or `restart`), so nothing is lost by accident.
     public static func train(_ run: ExperimentRun, output: URL, root: String, resume: Bool, restart: Bool = false,
                              initFrom: URL? = nil, log: @escaping (String) -> Void = writeLine,
-                             stopAfterSteps: Int? = nil) throws -> TrainingOutcome? {
+                             stopAfterSteps: Int? = nil,
+                             stopRequested: @escaping () -> Bool = { StopSignal.isRequested }) throws -> TrainingOutcome? {
         let dir = runDirectory(run, output: output)
         if isFinished(dir) && !restart {
             log("\(dir.path): finished earlier, skipped")
@@ -139,11 +140,11 @@ public enum ExperimentRunner {
         switch source {
         case .text(var batches, let validation):
             let trainer = Trainer(model: model, options: opts, runDirectory: dir) { textMetrics($0, validation) }
-            trainer.log = log; trainer.stopAfterSteps = stopAfterSteps
+            trainer.log = log; trainer.stopAfterSteps = stopAfterSteps; trainer.stopRequested = stopRequested
             outcome = try trainer.run(data: &batches, resume: resume && hasCheckpoint && !restart)
         case .mqar(var batches, let test):
             let trainer = Trainer(model: model, options: opts, runDirectory: dir) { mqarMetrics($0, test) }
-            trainer.log = log; trainer.stopAfterSteps = stopAfterSteps
+            trainer.log = log; trainer.stopAfterSteps = stopAfterSteps; trainer.stopRequested = stopRequested
             outcome = try trainer.run(data: &batches, resume: resume && hasCheckpoint && !restart)
         }
         if outcome.reason != .interrupted {

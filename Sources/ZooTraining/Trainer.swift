@@ -61,8 +61,6 @@ public enum StopSignal {
         signal(SIGTERM) { _ in StopSignal.requested = 1 }
     }
     public static func reset() { requested = 0 }
-    /// For tests: behave as if a signal arrived.
-    public static func request() { requested = 1 }
 }
 
 /// The training loop: AdamW with warm-up + cosine, global-norm clipping, evaluation every N steps,
@@ -76,6 +74,9 @@ public final class Trainer {
     public let evaluate: (LanguageModel) -> [String: Double]
     /// Where progress lines go (stdout by default).
     public var log: (String) -> Void = writeLine
+    /// Polled after every step: true saves a checkpoint and stops (SIGINT/SIGTERM by default;
+    /// tests pass their own, since the signal flag is global to the process).
+    public var stopRequested: () -> Bool = { StopSignal.isRequested }
     /// Also stop after this many steps in this process (tests simulate interruption with it).
     public var stopAfterSteps: Int? = nil
 
@@ -185,7 +186,7 @@ public final class Trainer {
                 log("early stop at step \(step): \(options.earlyStop!.metric) reached \(options.earlyStop!.threshold)")
                 return TrainingOutcome(reason: .earlyStopped, steps: step, finalLoss: lastLoss, lastMetrics: lastMetrics, tokensPerSecond: rate)
             }
-            if StopSignal.isRequested || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
+            if stopRequested() || (stopAfterSteps.map { stepsThisProcess >= $0 } ?? false) {
                 try saveCheckpoint()
                 if interactive { FileHandle.standardOutput.write(Data("\n".utf8)) }
                 log("interrupted at step \(step); checkpoint saved to \(checkpointURL.path) (continue with --resume)")

@@ -70,9 +70,10 @@ func trainLosses(_ dir: URL) throws -> [String] {
     @Test func stopSignalSavesACheckpointAndStops() throws {
         guard !MixerRegistry.all.isEmpty else { return }
         let dir = temporaryDirectory()
-        StopSignal.request()
-        defer { StopSignal.reset() }
-        let outcome = try ExperimentRunner.train(try tinyExperiment(), output: dir, root: ".", resume: false, log: quiet)
+        // A stop request of its own: setting the process-wide signal flag would also stop the
+        // trainings of tests running in parallel (it did: a sweep test elsewhere lost runs).
+        let outcome = try ExperimentRunner.train(try tinyExperiment(), output: dir, root: ".", resume: false, log: quiet,
+                                                 stopRequested: { true })
         #expect(outcome?.reason == .interrupted && outcome?.steps == 1)
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("tiny/run/checkpoint.safetensors").path))
     }
