@@ -87,8 +87,8 @@ public struct SelectiveScanInputs: Sendable {
         return x
     }
 
-    /// Validates every shape against u [B, D, L] and A [D, N]; stops with a message naming
-    /// `function` and the offending shapes.
+    /// Validates every shape against u ([B, D, L], or [B, L, D] token-major) and A [D, N]; stops
+    /// with a message naming `function`, the layout and the offending shapes.
     public func shape(checkedBy function: String) -> SelectiveScanShape {
         func fail(_ what: String) -> Never {
             fatalError("\(function): \(what) (\(layout), u \(describe(u.shape)), delta \(describe(delta.shape)), A \(describe(A.shape)), B \(describe(B.shape)), C \(describe(C.shape)))")
