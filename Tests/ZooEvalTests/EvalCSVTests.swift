@@ -7,6 +7,18 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
             threads: 2, metric: metric, value: value, unit: EvalMetric.unit(metric), gitRev: "abc", timestamp: "2026-01-01T00:00:00Z")
 }
 
+/// Opens `url` again after the previous writer was closed. The lock is released when every copy
+/// of its descriptor is closed, and a child that another test is spawning in parallel holds a
+/// copy between its fork and its exec (O_CLOEXEC closes it only at exec), so a reopen can meet
+/// the lock for a moment: retry for up to two seconds.
+func reopen(_ url: URL, fresh: Bool = false) throws -> EvalCSVFile {
+    for _ in 0..<200 {
+        if let file = try? EvalCSVFile(url: url, fresh: fresh) { return file }
+        usleep(10_000)
+    }
+    return try EvalCSVFile(url: url, fresh: fresh)
+}
+
 @Suite struct EvalCSVTests {
     @Test func headerIsDesignSectionSixPlusRunAndNote() {
         #expect(EvalCSV.header == "experiment,run,mixer,d_model,n_layers,params,seq_len,batch,threads,metric,value,unit,git_rev,timestamp,note")
@@ -51,14 +63,14 @@ func sampleRow(metric: String = "state_bytes", value: Double? = 1024, seqLen: In
         #expect(throws: EvalError.self) { try EvalCSVFile(url: url) }
         first?.append([sampleRow()])
         first = nil
-        #expect(try EvalCSVFile(url: url).rows.count == 1)   // free again once the first is closed
+        #expect(try reopen(url).rows.count == 1)   // free again once the first is closed
     }
 
     @Test func freshDiscardsEarlierRows() throws {
         let url = temporaryDirectory().appendingPathComponent("eval.csv")
         do { try EvalCSVFile(url: url).append([sampleRow()]) }
-        do { #expect(try EvalCSVFile(url: url).rows.count == 1) }
-        do { #expect(try EvalCSVFile(url: url, fresh: true).rows.isEmpty) }
+        do { #expect(try reopen(url).rows.count == 1) }
+        do { #expect(try reopen(url, fresh: true).rows.isEmpty) }
     }
 
     @Test func metricGroupsAndUnits() {
