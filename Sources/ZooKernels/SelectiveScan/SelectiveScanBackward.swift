@@ -49,8 +49,8 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
     let perBatchBias = ScratchBuffer(count: nb * nd, zeroed: false)
     let partialB = ScratchBuffer(count: items * l * np)
     let partialC = ScratchBuffer(count: items * l * np)
-    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: np, layout: x.layout)
-    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: np, layout: x.layout)
+    let bRows = transposeStateInputs(x.B.pointer, ScanSequenceLayout(x.layout, s), batch: nb, paddedState: np)
+    let cRows = transposeStateInputs(x.C.pointer, ScanSequenceLayout(x.layout, s), batch: nb, paddedState: np)
     let inputs = ScanInputPointers(x, shape: s, bRows: bRows, cRows: cRows)
     var gzPointer: SendablePointer<Float>? = nil
     if gz != nil { gzPointer = SendablePointer(gz!.mutablePointer()) }
@@ -81,14 +81,13 @@ public func selectiveScanBackward(_ x: SelectiveScanInputs, saved: SelectiveScan
     var gB = Tensor(uninitializedShape: x.B.shape), gC = Tensor(uninitializedShape: x.C.shape)
     let gBp = SendablePointer(gB.mutablePointer()), gCp = SendablePointer(gC.mutablePointer())
     let pB = SendablePointer(partialB.pointer), pC = SendablePointer(partialC.pointer)
-    let tokenMajor = x.layout == .tokenMajor, groups = s.groups
+    let seq = ScanSequenceLayout(x.layout, s), groups = s.groups
     withExtendedLifetime((partialB, partialC)) {
         ZooThreads.parallelFor(nb * groups * n) { range in
             for row in range {
                 let bg = row / n, i = row % n
-                // Element t of this (b, g, i) row: channel-major at row·L + t, token-major at
-                // ((b·L + t)·G + g)·N + i.
-                let (start, step) = tokenMajor ? (((bg / groups) * l * groups + bg % groups) * n + i, groups * n) : (row * l, 1)
+                let start = seq.stateOffset(batch: bg / groups, group: bg % groups, step: 0) + i * seq.stateStride
+                let step = seq.stateTimeStride
                 for (partial, grad) in [(pB, gBp), (pC, gCp)] {
                     let dst = grad.pointer + start
                     let first = partial.pointer + bg * slices * l * np + i

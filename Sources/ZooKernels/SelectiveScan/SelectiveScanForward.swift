@@ -40,8 +40,8 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
     var final = Tensor(uninitializedShape: [s.batch, s.channels, s.stateSize])
     var checkpoints = options.saveForBackward
         ? Tensor(uninitializedShape: [s.batch, geo.blocks, geo.chunks, geo.paddedState, 16]) : nil
-    let bRows = transposeStateInputs(x.B.pointer, shape: s, paddedState: geo.paddedState, layout: x.layout)
-    let cRows = transposeStateInputs(x.C.pointer, shape: s, paddedState: geo.paddedState, layout: x.layout)
+    let bRows = transposeStateInputs(x.B.pointer, ScanSequenceLayout(x.layout, s), batch: s.batch, paddedState: geo.paddedState)
+    let cRows = transposeStateInputs(x.C.pointer, ScanSequenceLayout(x.layout, s), batch: s.batch, paddedState: geo.paddedState)
     let inputs = ScanInputPointers(x, shape: s, bRows: bRows, cRows: cRows)
     let outPointer = SendablePointer(out.mutablePointer())
     let finalPointer = SendablePointer(final.mutablePointer())

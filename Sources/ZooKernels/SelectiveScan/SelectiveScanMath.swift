@@ -198,24 +198,22 @@ let log2e: Float = 1.4426950408889634
 /// B or C [B, G, N, L] (token-major [B, L, G, N]) → [B, G, L, Npad] (zero padded states), so
 /// the scan reads one contiguous row of N values per step and broadcasts from it. O(B·G·N·L),
 /// once per call.
-func transposeStateInputs(_ src: UnsafePointer<Float>, shape s: SelectiveScanShape, paddedState: Int,
-                          layout: SelectiveScanLayout) -> ScratchBuffer {
-    let l = s.length, n = s.stateSize, groups = s.groups
-    let out = ScratchBuffer(count: s.batch * groups * l * paddedState, zeroed: paddedState != n)
+func transposeStateInputs(_ src: UnsafePointer<Float>, _ seq: ScanSequenceLayout, batch: Int,
+                          paddedState: Int) -> ScratchBuffer {
+    let l = seq.length, n = seq.stateSize, groups = seq.groups
+    let out = ScratchBuffer(count: batch * groups * l * paddedState, zeroed: paddedState != n)
     let dst = SendablePointer(out.pointer)
     let srcPointer = SendablePointer(UnsafeMutablePointer(mutating: src))
-    ZooThreads.parallelFor(s.batch * groups) { range in
+    ZooThreads.parallelFor(batch * groups) { range in
         for bg in range {
             let to = dst.pointer + bg * l * paddedState
-            if layout == .tokenMajor {
-                let b = bg / groups, g = bg % groups
-                for t in 0..<l {
-                    (to + t * paddedState).update(from: srcPointer.pointer + ((b * l + t) * groups + g) * n, count: n)
-                }
+            let first = srcPointer.pointer + seq.stateOffset(batch: bg / groups, group: bg % groups, step: 0)
+            if seq.stateStride == 1 {
+                // Token-major: a step's N states are already contiguous.
+                for t in 0..<l { (to + t * paddedState).update(from: first + t * seq.stateTimeStride, count: n) }
             } else {
-                let from = srcPointer.pointer + bg * n * l
                 for i in 0..<n {
-                    let row = from + i * l
+                    let row = first + i * seq.stateStride
                     for t in 0..<l { to[t * paddedState + i] = row[t] }
                 }
             }

@@ -24,7 +24,6 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
     let (nd, l, n) = (s.channels, s.length, s.stateSize)
     let np = (n + 15) / 16 * 16
     let seq = ScanSequenceLayout(x.layout, s)
-    let tokenMajor = x.layout == .tokenMajor, groups = s.groups
     var out = Tensor(uninitializedShape: seq.shape(batch: s.batch))
     let inputs = ScanStepPointers(x)
     let outPointer = SendablePointer(out.mutablePointer())
@@ -45,9 +44,7 @@ public func selectiveScanStep(_ x: SelectiveScanInputs, state: inout Tensor) -> 
                     let pre = inputs.delta[at] + bias
                     let delta = softplus ? softplusVector(splat(pre))[0] : pre
                     let u = inputs.u[at]
-                    // State i of step t: [B, G, N, L] at ((b·G + g)·N + i)·L + t, [B, L, G, N] at
-                    // ((b·L + t)·G + g)·N + i.
-                    let (bc, stateStride) = tokenMajor ? (((b * l + t) * groups + g) * n, 1) : ((b * groups + g) * n * l + t, l)
+                    let bc = seq.stateOffset(batch: b, group: g, step: t), stateStride = seq.stateStride
                     for i in 0..<n { bRow[i] = inputs.B[bc + i * stateStride]; cRow[i] = inputs.C[bc + i * stateStride] }
                     let dv = splat(delta), du = splat(delta * u)
                     var y = F16()

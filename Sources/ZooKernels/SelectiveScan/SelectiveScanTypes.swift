@@ -174,12 +174,22 @@ public struct SelectiveScanGradients: Sendable {
 
 /// Where the sequence tensors (u, delta, z, out and their gradients) keep element (b, d, t):
 /// at `offset(b, d, t)`, with channel d + 1 at `+ laneStride` and step t + 1 at `+ timeStride`.
+/// B and C (and their gradients) keep state i of group g at step t at
+/// `stateOffset(b, g, t) + i · stateStride`; step t + 1 is `stateTimeStride` further.
 struct ScanSequenceLayout {
     let layout: SelectiveScanLayout
     let channels: Int
     let length: Int
+    let groups: Int
+    let stateSize: Int
     init(_ layout: SelectiveScanLayout, _ s: SelectiveScanShape) {
-        self.layout = layout; channels = s.channels; length = s.length
+        self.layout = layout; channels = s.channels; length = s.length; groups = s.groups; stateSize = s.stateSize
+    }
+    var stateStride: Int { layout == .tokenMajor ? 1 : length }
+    var stateTimeStride: Int { layout == .tokenMajor ? groups * stateSize : 1 }
+    /// [B, L, G, N] at ((b·L + t)·G + g)·N, [B, G, N, L] at (b·G + g)·N·L + t.
+    @inline(__always) func stateOffset(batch b: Int, group g: Int, step t: Int) -> Int {
+        layout == .tokenMajor ? ((b * length + t) * groups + g) * stateSize : (b * groups + g) * stateSize * length + t
     }
     var laneStride: Int { layout == .tokenMajor ? 1 : length }
     var timeStride: Int { layout == .tokenMajor ? channels : 1 }
