@@ -90,36 +90,39 @@ struct NSAPlan {
     func cmpTile(visible: Int) -> Int { max(1, scoreCapacity / (G * max(visible, 1))) }
 }
 
-/// A branch's keys or values transposed per (batch, kv head): [B, T, H, D] → [B, H, D, T], so that
-/// S = q·Kᵀ and dP = dO·Vᵀ are NN products (see NSATiles.swift for why that matters).
+/// A branch's keys or values transposed per (batch, kv head) and cut into blocks of 64 keys:
+/// [B, T, H, D] → [B, H, ⌈T/64⌉, D, 64], so that S = q·Kᵀ and dP = dO·Vᵀ are NN products whose
+/// right operand has row stride 64 (see NSAKeyPanel in NSATiles.swift for why that matters).
 final class NSATransposed: @unchecked Sendable {
     private let buffer: ScratchBuffer
     let pointer: UnsafeMutablePointer<Float>
-    let tokens: Int, heads: Int, dim: Int
+    let tokens: Int, heads: Int, dim: Int, blocksPerHead: Int
 
     init(_ x: Tensor) {
         let B = x.shape[0], T = x.shape[1], H = x.shape[2], D = x.shape[3]
-        tokens = T; heads = H; dim = D
-        buffer = ScratchBuffer(count: B * H * D * T, zeroed: false)
+        let block = nsaKeyBlock, blocks = (T + block - 1) / block
+        tokens = T; heads = H; dim = D; blocksPerHead = blocks
+        buffer = ScratchBuffer(count: max(1, B * H * blocks * D * block), zeroed: false)
         pointer = buffer.pointer
         let src = SendablePointer(UnsafeMutablePointer(mutating: x.pointer)), dst = SendablePointer(buffer.pointer)
-        let blocks = (T + 63) / 64
         ZooThreads.parallelFor(B * H * blocks, minChunk: 8) { range in
             for item in range {
-                let bh = item / blocks, t0 = (item % blocks) * 64, t1 = min(T, t0 + 64)
+                let bh = item / blocks, blk = item % blocks, t0 = blk * block, t1 = min(T, t0 + block)
                 let b = bh / H, h = bh % H
-                let out = dst.pointer + bh * D * T
+                let out = dst.pointer + item * D * block
                 for t in t0..<t1 {
                     let row = src.pointer + ((b * T + t) * H + h) * D
-                    for c in 0..<D { out[c * T + t] = row[c] }
+                    for c in 0..<D { out[c * block + t - t0] = row[c] }
                 }
             }
         }
         withExtendedLifetime(x) {}
     }
 
-    /// The [D, T] block of (b, h); row stride `tokens`.
-    @inline(__always) func at(_ b: Int, _ h: Int) -> UnsafePointer<Float> { UnsafePointer(pointer + (b * heads + h) * dim * tokens) }
+    /// The keys of (b, h) from key `first` on.
+    @inline(__always) func panel(_ b: Int, _ h: Int, from first: Int = 0) -> NSAKeyPanel {
+        NSAKeyPanel(blocks: UnsafePointer(pointer + (b * heads + h) * blocksPerHead * dim * nsaKeyBlock), dim: dim, first: first)
+    }
 }
 
 /// Raw pointers of one call, passed into the parallel workers.
@@ -325,7 +328,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
         let nk = o.visibleCompressed(position: plan.position(tb - 1))
         let s = w.s
         if nk > 0 {
-            nsaTileScores(rows: rowsT, keys: nk, dk: dk, q: w.qp + (ta - t0) * G * dk, kt: x.kcT.at(b, hk), ldkt: plan.Nc, s: s)
+            nsaTileScores(rows: rowsT, keys: nk, dk: dk, q: w.qp + (ta - t0) * G * dk, kt: x.kcT.panel(b, hk), s: s)
             for r in 0..<rowsT {
                 let nv = o.visibleCompressed(position: plan.position(ta + r / G))
                 let row = s + r * nk
@@ -384,7 +387,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 }
             }
             var rs = rows; rs.count = r
-            nsaTileScores(rows: r, keys: nk, dk: dk, q: w.qg, kt: x.ksT.at(b, hk) + key0, ldkt: plan.Tk, s: w.s)
+            nsaTileScores(rows: r, keys: nk, dk: dk, q: w.qg, kt: x.ksT.panel(b, hk, from: key0), s: w.s)
             nsaOnlineRows(rows: rs, keys: nk, s: w.s, m: w.mg, l: w.lg, alpha: w.alpha)
             nsaGemm(m: r, n: dv, k: nk, a: w.s, lda: nk, b: x.vs + ((b * plan.Tk + key0) * Hk + hk) * dv, ldb: Hk * dv,
                     c: w.pv, ldc: dv)
@@ -418,7 +421,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
             }
             var rs = rows; rs.count = rowsT
             nsaTileForward(rows: rs, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
-                           kt: x.kwT.at(b, hk) + k0, ldkt: plan.Tk,
+                           kt: x.kwT.panel(b, hk, from: k0),
                            v: x.vw + ((b * plan.Tk + k0) * Hk + hk) * dv, ldv: Hk * dv,
                            s: w.s, m: w.m, l: w.l, alpha: w.alpha, acc: w.acc, ldacc: dv)
             k0 = k1
@@ -628,8 +631,8 @@ func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: In
                 for g in 0..<G { w.lo[r + g] = 0; w.hi[r + g] = nv }
             }
             nsaTileBackwardFused(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
-                                 kt: ctx.x.kcT.at(b, hk), ldkt: plan.Nc, k: kcBase, ldk: Hk * dk,
-                                 vt: ctx.x.vcT!.at(b, hk), ldvt: plan.Nc, dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
+                                 kt: ctx.x.kcT.panel(b, hk), k: kcBase, ldk: Hk * dk,
+                                 vt: ctx.x.vcT!.panel(b, hk), dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                                  dq: w.dq + (ta - t0) * G * dk, lddq: dk, dK: part.kc, lddk: dk, dV: part.vc, lddv: dv)
         }
         ta = tb
@@ -654,9 +657,9 @@ func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: In
             rows.count = r
             w.pv.update(repeating: 0, count: r * dk)
             nsaTileBackwardFused(rows: rows, keys: nk, dk: dk, dv: dv, q: w.qg,
-                                 kt: ctx.x.ksT.at(b, hk) + key0, ldkt: plan.Tk,
+                                 kt: ctx.x.ksT.panel(b, hk, from: key0),
                                  k: ctx.x.ks + ((b * plan.Tk + key0) * Hk + hk) * dk, ldk: Hk * dk,
-                                 vt: ctx.x.vsT!.at(b, hk) + key0, ldvt: plan.Tk,
+                                 vt: ctx.x.vsT!.panel(b, hk, from: key0),
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk,
                                  dK: part.ks + key0 * dk, lddk: dk, dV: part.vs + key0 * dv, lddv: dv)
             for i in 0..<r { NSALanes.axpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
@@ -679,9 +682,9 @@ func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: In
             }
             rows.count = rowsT
             nsaTileBackwardFused(rows: rows, keys: k1 - k0, dk: dk, dv: dv, q: w.qp + (ta - t0) * G * dk,
-                                 kt: ctx.x.kwT.at(b, hk) + k0, ldkt: plan.Tk,
+                                 kt: ctx.x.kwT.panel(b, hk, from: k0),
                                  k: ctx.x.kw + ((b * plan.Tk + k0) * Hk + hk) * dk, ldk: Hk * dk,
-                                 vt: ctx.x.vwT!.at(b, hk) + k0, ldvt: plan.Tk,
+                                 vt: ctx.x.vwT!.panel(b, hk, from: k0),
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp,
                                  dq: w.dq + (ta - t0) * G * dk, lddq: dk,
                                  dK: part.kw + (k0 - part.winLo) * dk, lddk: dk, dV: part.vw + (k0 - part.winLo) * dv, lddv: dv)

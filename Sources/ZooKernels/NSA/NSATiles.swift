@@ -1,17 +1,19 @@
 // Row-interval attention tiles: the BLAS-backed building blocks of the fast NSA kernels.
 //
 // A tile is M query rows q [M, dk] (packed, already multiplied by the softmax scale) against nk keys,
-// given transposed as kt [dk, nk] (row stride ldkt) for S = q·kt, and in natural layout k [nk, dk]
-// (row stride ldk) where dQ needs it; values v [nk, dv] (ldv) and, for the backward, vt [dv, nk]
-// (ldvt). Row r may only use keys lo[r] ..< hi[r] (an empty interval is allowed). Every NSA branch
-// has this shape:
+// given transposed as a key panel kt (the [dk, nk] operand of S = q·kᵀ, stored in 64-key blocks; see
+// NSAKeyPanel), and in natural layout k [nk, dk] (row stride ldk) where dQ needs it; values v [nk, dv]
+// (ldv) and, for the backward, the value panel vt ([dv, nk]). Row r may only use keys lo[r] ..< hi[r]
+// (an empty interval is allowed). Every NSA branch has this shape:
 //   compressed: keys 0 ..< (visible blocks of p);  window: keys p − w + 1 ... p;
 //   selected:   the rows of the queries that chose a block, keys of that block up to p.
 //
 // Every product is a row-major NN or TN sgemm cut into blocks of at most 128×64×64 (`nsaGemm`): in
 // that range OpenBLAS takes its small-matrix path (M·N·K ≤ 10⁶, no packing), measured ~1.3–1.5×
 // faster at these shapes than one larger call, while NT products of these sizes take the slow
-// packed path — hence the transposed copies of K and V.
+// packed path — hence the transposed copies of K and V. Those copies are blocked (NSAKeyPanel): a
+// [dk, 64] piece with row stride Tk (a power of two at the usual lengths) maps every row to the same
+// cache sets, and S ran at ~55 GFLOP/s against ~85 with row stride 64 (one core, 28×64×64 tiles).
 //
 // Forward: S = q kᵀ (sgemm); online softmax per row (running max m and sum ℓ; the accumulator is
 // rescaled by e^(m − m′) when the max moves); acc += P v (sgemm).
@@ -93,11 +95,38 @@ func nsaGemm(transA: Bool = false, m: Int, n: Int, k: Int, a: UnsafePointer<Floa
     }
 }
 
-/// S = q kᵀ for a tile from the transposed keys kt [dk, nk] (ldkt): s [M, nk] (row stride nk).
+/// Keys per block of the transposed layout (NSATransposed, NSAKeyPanel).
+let nsaKeyBlock = 64
+
+/// The keys (or values) of one (batch, kv head), transposed and cut into blocks of 64 keys,
+/// [⌈T/64⌉, dim, 64], seen from key `first` on: the [dim, n] right operand of S = q·kᵀ and
+/// dP = dO·vᵀ. Key u, component c sits at blocks[(u / 64)·dim·64 + c·64 + u % 64].
+struct NSAKeyPanel {
+    let blocks: UnsafePointer<Float>
+    let dim: Int
+    let first: Int
+}
+
+/// C [m, n] (ldc) = A [m, dim] (lda) · panel[:, first ..< first + n], one `nsaGemm` per piece of the
+/// key range that lies inside one block (B's row stride is then always 64).
 @inline(__always)
-func nsaTileScores(rows M: Int, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: UnsafePointer<Float>, ldkt: Int,
+func nsaGemmKeys(m: Int, n: Int, a: UnsafePointer<Float>, lda: Int, panel: NSAKeyPanel,
+                 c: UnsafeMutablePointer<Float>, ldc: Int) {
+    var j = 0
+    while j < n {
+        let key = panel.first + j
+        let inBlock = key % nsaKeyBlock, width = min(nsaKeyBlock - inBlock, n - j)
+        let b = panel.blocks + (key / nsaKeyBlock) * panel.dim * nsaKeyBlock + inBlock
+        nsaGemm(m: m, n: width, k: panel.dim, a: a, lda: lda, b: b, ldb: nsaKeyBlock, c: c + j, ldc: ldc)
+        j += width
+    }
+}
+
+/// S = q kᵀ for a tile from the key panel kt: s [M, nk] (row stride nk).
+@inline(__always)
+func nsaTileScores(rows M: Int, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: NSAKeyPanel,
                    s: UnsafeMutablePointer<Float>) {
-    nsaGemm(m: M, n: nk, k: dk, a: q, lda: dk, b: kt, ldb: ldkt, c: s, ldc: nk)
+    nsaGemmKeys(m: M, n: nk, a: q, lda: dk, panel: kt, c: s, ldc: nk)
 }
 
 /// Online-softmax update of M packed rows from their scores s [M, nk] (overwritten with P).
@@ -125,12 +154,12 @@ func nsaOnlineRows(rows: NSARows, keys nk: Int, s: UnsafeMutablePointer<Float>, 
 /// scores, online softmax, acc = α·acc + P v.
 @inline(__always)
 func nsaTileForward(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                    kt: UnsafePointer<Float>, ldkt: Int, v: UnsafePointer<Float>, ldv: Int,
+                    kt: NSAKeyPanel, v: UnsafePointer<Float>, ldv: Int,
                     s: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, l: UnsafeMutablePointer<Float>,
                     alpha: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>, ldacc: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileScores(rows: M, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, s: s)
+    nsaTileScores(rows: M, keys: nk, dk: dk, q: q, kt: kt, s: s)
     nsaOnlineRows(rows: rows, keys: nk, s: s, m: m, l: l, alpha: alpha)
     for r in 0..<M where alpha[r] != 1 { NSALanes.scale(acc + r * ldacc, alpha[r], dv) }
     nsaGemm(m: M, n: dv, k: nk, a: s, lda: nk, b: v, ldb: ldv, beta: 1, c: acc, ldc: ldacc)
@@ -138,9 +167,8 @@ func nsaTileForward(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePoin
 
 /// P of the backward for a tile: s [M, nk] ← exp(q kᵀ − lse) inside each row's interval.
 @inline(__always)
-func nsaTileProbabilities(rows: NSARows, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: UnsafePointer<Float>,
-                          ldkt: Int, lse: UnsafePointer<Float>, s: UnsafeMutablePointer<Float>) {
-    nsaTileScores(rows: rows.count, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, s: s)
+func nsaTileProbabilities(rows: NSARows, keys nk: Int, dk: Int, q: UnsafePointer<Float>, kt: NSAKeyPanel, lse: UnsafePointer<Float>, s: UnsafeMutablePointer<Float>) {
+    nsaTileScores(rows: rows.count, keys: nk, dk: dk, q: q, kt: kt, s: s)
     for r in 0..<rows.count {
         nsaProbRow(s + r * nk, count: nk, lo: Int(rows.lo[r]), hi: Int(rows.hi[r]), lse: lse[r])
     }
@@ -162,15 +190,15 @@ func nsaTileScoreGradient(rows M: Int, keys nk: Int, p: UnsafePointer<Float>, dp
 /// Query side of the backward: dq [M, dk] (row stride lddq) += dS k. dO is packed [M, dv].
 @inline(__always)
 func nsaTileBackwardQuery(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                          kt: UnsafePointer<Float>, ldkt: Int, k: UnsafePointer<Float>, ldk: Int,
-                          vt: UnsafePointer<Float>, ldvt: Int,
+                          kt: NSAKeyPanel, k: UnsafePointer<Float>, ldk: Int,
+                          vt: NSAKeyPanel,
                           dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>,
                           s: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>,
                           dq: UnsafeMutablePointer<Float>, lddq: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, lse: lse, s: s)
-    nsaGemm(m: M, n: nk, k: dv, a: dO, lda: dv, b: vt, ldb: ldvt, c: dp, ldc: nk)
+    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, lse: lse, s: s)
+    nsaGemmKeys(m: M, n: nk, a: dO, lda: dv, panel: vt, c: dp, ldc: nk)
     nsaTileScoreGradient(rows: M, keys: nk, p: s, dp: dp, delta: delta)
     nsaGemm(m: M, n: dk, k: nk, a: dp, lda: nk, b: k, ldb: ldk, beta: 1, c: dq, ldc: lddq)
 }
@@ -178,15 +206,15 @@ func nsaTileBackwardQuery(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: Unsa
 /// Key side of the backward: dK [nk, dk] (row stride lddk) += dSᵀ q, dV [nk, dv] (lddv) += Pᵀ dO.
 @inline(__always)
 func nsaTileBackwardKey(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                        kt: UnsafePointer<Float>, ldkt: Int, vt: UnsafePointer<Float>, ldvt: Int,
+                        kt: NSAKeyPanel, vt: NSAKeyPanel,
                         dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>,
                         s: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>,
                         dK: UnsafeMutablePointer<Float>, lddk: Int, dV: UnsafeMutablePointer<Float>, lddv: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, lse: lse, s: s)
+    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, lse: lse, s: s)
     nsaGemm(transA: true, m: nk, n: dv, k: M, a: s, lda: nk, b: dO, ldb: dv, beta: 1, c: dV, ldc: lddv)
-    nsaGemm(m: M, n: nk, k: dv, a: dO, lda: dv, b: vt, ldb: ldvt, c: dp, ldc: nk)
+    nsaGemmKeys(m: M, n: nk, a: dO, lda: dv, panel: vt, c: dp, ldc: nk)
     nsaTileScoreGradient(rows: M, keys: nk, p: s, dp: dp, delta: delta)
     nsaGemm(transA: true, m: nk, n: dk, k: M, a: dp, lda: nk, b: q, ldb: dk, beta: 1, c: dK, ldc: lddk)
 }
@@ -195,17 +223,17 @@ func nsaTileBackwardKey(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: Unsafe
 /// separate passes): dq [M, dk] (lddq) += dS k, dK [nk, dk] (lddk) += dSᵀ q, dV [nk, dv] (lddv) += Pᵀ dO.
 @inline(__always)
 func nsaTileBackwardFused(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePointer<Float>,
-                          kt: UnsafePointer<Float>, ldkt: Int, k: UnsafePointer<Float>, ldk: Int,
-                          vt: UnsafePointer<Float>, ldvt: Int,
+                          kt: NSAKeyPanel, k: UnsafePointer<Float>, ldk: Int,
+                          vt: NSAKeyPanel,
                           dO: UnsafePointer<Float>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>,
                           s: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>,
                           dq: UnsafeMutablePointer<Float>, lddq: Int,
                           dK: UnsafeMutablePointer<Float>, lddk: Int, dV: UnsafeMutablePointer<Float>, lddv: Int) {
     let M = rows.count
     if M == 0 || nk == 0 { return }
-    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, ldkt: ldkt, lse: lse, s: s)
+    nsaTileProbabilities(rows: rows, keys: nk, dk: dk, q: q, kt: kt, lse: lse, s: s)
     nsaGemm(transA: true, m: nk, n: dv, k: M, a: s, lda: nk, b: dO, ldb: dv, beta: 1, c: dV, ldc: lddv)
-    nsaGemm(m: M, n: nk, k: dv, a: dO, lda: dv, b: vt, ldb: ldvt, c: dp, ldc: nk)
+    nsaGemmKeys(m: M, n: nk, a: dO, lda: dv, panel: vt, c: dp, ldc: nk)
     nsaTileScoreGradient(rows: M, keys: nk, p: s, dp: dp, delta: delta)
     nsaGemm(m: M, n: dk, k: nk, a: dp, lda: nk, b: k, ldb: ldk, beta: 1, c: dq, ldc: lddq)
     nsaGemm(transA: true, m: nk, n: dk, k: M, a: dp, lda: nk, b: q, ldb: dk, beta: 1, c: dK, ldc: lddk)
