@@ -18,6 +18,6 @@ extension DifferentiableFunction {
     /// Runs the function on variables and records it as one node.
     public func callAsFunction(_ inputs: [Variable]) -> [Variable] {
         let (outputs, saved) = forward(inputs.map(\.value))
-        return recordMulti(outputs, inputs: inputs) { grads in self.backward(saved, outputGradients: grads) }
+        return recordMulti(outputs, inputs: inputs, site: .kernel(Self.self)) { grads in self.backward(saved, outputGradients: grads) }
     }
 }

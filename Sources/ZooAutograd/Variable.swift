@@ -49,12 +49,16 @@ final class Node {
     let inputs: [Variable]
     let backward: ([Tensor?]) -> [Tensor?]
     var outputGradients: [Tensor?]
+    /// Where it was recorded (for TapeProfiler).
+    let site: TapeSite
 
-    init(inputs: [Variable], outputCount: Int, backward: @escaping ([Tensor?]) -> [Tensor?]) {
+    init(inputs: [Variable], outputCount: Int, site: TapeSite, backward: @escaping ([Tensor?]) -> [Tensor?]) {
         self.order = Tape.nextOrder()
         self.inputs = inputs
         self.backward = backward
         self.outputGradients = Array(repeating: nil, count: outputCount)
+        self.site = site
+        TapeProfiler.recorded(site)
     }
 }
 
@@ -100,10 +104,12 @@ public func withNoGrad<R>(_ body: () throws -> R) rethrows -> R {
 /// Records a single-output operation. `backward` maps the output gradient to one gradient per
 /// input (nil where an input gets none). Nothing is recorded when no input requires a gradient
 /// or inside `withNoGrad`.
+/// `function` and `file` name the operation in TapeProfiler's report (the defaults: the caller).
 @inline(__always)
-public func record(_ value: Tensor, inputs: [Variable], backward: @escaping (Tensor) -> [Tensor?]) -> Variable {
+public func record(_ value: Tensor, inputs: [Variable], function: StaticString = #function, file: StaticString = #fileID,
+                   backward: @escaping (Tensor) -> [Tensor?]) -> Variable {
     guard Tape.isRecording, inputs.contains(where: { $0.requiresGrad }) else { return Variable(value) }
-    let node = Node(inputs: inputs, outputCount: 1) { grads in
+    let node = Node(inputs: inputs, outputCount: 1, site: .function(function, file: file)) { grads in
         guard let g = grads[0] else { return Array(repeating: nil, count: inputs.count) }
         return backward(g)
     }
@@ -112,9 +118,14 @@ public func record(_ value: Tensor, inputs: [Variable], backward: @escaping (Ten
 
 /// Records a multi-output operation. `backward` receives one gradient per output (nil for outputs
 /// that received none) and returns one per input.
-public func recordMulti(_ values: [Tensor], inputs: [Variable], backward: @escaping ([Tensor?]) -> [Tensor?]) -> [Variable] {
+public func recordMulti(_ values: [Tensor], inputs: [Variable], function: StaticString = #function, file: StaticString = #fileID,
+                        backward: @escaping ([Tensor?]) -> [Tensor?]) -> [Variable] {
+    recordMulti(values, inputs: inputs, site: .function(function, file: file), backward: backward)
+}
+
+func recordMulti(_ values: [Tensor], inputs: [Variable], site: TapeSite, backward: @escaping ([Tensor?]) -> [Tensor?]) -> [Variable] {
     guard Tape.isRecording, inputs.contains(where: { $0.requiresGrad }) else { return values.map { Variable($0) } }
-    let node = Node(inputs: inputs, outputCount: values.count, backward: backward)
+    let node = Node(inputs: inputs, outputCount: values.count, site: site, backward: backward)
     return values.enumerated().map { Variable(value: $0.element, node: node, outputIndex: $0.offset) }
 }
 
@@ -149,20 +160,26 @@ extension Variable {
             let outGrads = n.outputGradients
             n.outputGradients = Array(repeating: nil, count: outGrads.count)   // free as we go
             if outGrads.allSatisfy({ $0 == nil }) { continue }
+            let started = TapeProfiler.clock()
             let inGrads = n.backward(outGrads)
+            TapeProfiler.ranBackward(n.site, since: started)
             precondition(inGrads.count == n.inputs.count, "backward: an operation returned \(inGrads.count) gradients for \(n.inputs.count) inputs")
             for (input, g) in zip(n.inputs, inGrads) {
                 guard let g, input.requiresGrad else { continue }
                 precondition(g.shape == input.value.shape, "backward: gradient of shape \(describe(g.shape)) for an input of shape \(describe(input.value.shape))")
                 if let p = input.node {
                     if var existing = p.outputGradients[input.outputIndex] {
+                        let started = TapeProfiler.clock()
                         p.outputGradients[input.outputIndex] = nil   // so `existing` may own its storage
                         p.outputGradients[input.outputIndex] = sum(&existing, g)
+                        TapeProfiler.ranBackward(.gradientSum, since: started)
                     } else {
                         p.outputGradients[input.outputIndex] = g
                     }
                 } else {
+                    let started = TapeProfiler.clock()
                     accumulate(into: input, g)
+                    TapeProfiler.ranBackward(.leafGradient, since: started)
                 }
             }
         }

@@ -14,7 +14,11 @@ import ZooExperiment
 /// Mixer settings follow the peer's: attention 2 heads × 64 (no positional encoding, as the peer);
 /// Mamba expand 2 (E = 256), N = 16, dt rank 8, conv 4; Mamba-2 and log-linear 4 heads × 64, N = 64,
 /// conv 4, chunk 64; NSA 2 query heads, 1 KV head × 64, paper block sizes.
-public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8, length: Int = 512, steps: Int = 3) throws -> String {
+///
+/// With `profile`, each mixer then runs `steps` more steps under TapeProfiler and the report adds
+/// where a step's time goes, per operation on the tape.
+public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8, length: Int = 512, steps: Int = 3,
+                              profile: Bool = false) throws -> String {
     let peerSettings: [String: String] = [
         "attention": "{type: attention, heads: 2, kv_heads: 2, head_dim: 64, rotary: false}",
         "mamba": "{type: mamba, d_state: 16, expand: 2, dt_rank: 8, d_conv: 4}",
@@ -44,6 +48,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
         return 2.0 * Double(n * n * n) / time / 1e9
     }
 
+    var profiles: [String] = []
     var table = Table(["mixer", "params", "step ms", "fwd ms", "bwd ms", "opt ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "sgemm ceiling", "% of sgemm"])
     for name in names {
         let mixerYAML = peerSettings[name] ?? name
@@ -85,6 +90,12 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
         }
         let t = measure(warmup: 1, repeats: steps, minSeconds: 0) { trainingStep() }.median
         let phaseMedians = phases.map { Measurement(samples: Array($0.dropFirst())).median }
+        if profile {
+            TapeProfiler.start()
+            for _ in 0..<steps { TapeProfiler.mark(); trainingStep() }
+            profiles.append(renderTapeProfile(TapeProfiler.stop(), mixer: name, steps: steps,
+                                              optimizerSeconds: phases[2].suffix(steps).reduce(0, +)))
+        }
         let tokens = Double(batch * length)
         // Matmul FLOPs of a step: 6 per weight per token for the dense layers and the tied head,
         // plus attention's score and value products (causal: 2·T²·d forward, ×3.5 with backward).
@@ -102,5 +113,25 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     report.append("sgemm ceiling: 1024² with \(ZooThreads.count) OpenBLAS threads, GFLOP/s, measured just before each mixer's steps")
     report.append(table.render())
     report.append("goals: attention ≥ 1.3× PyTorch (~78 % of the ceiling), mamba2 and log-linear ≥ 2×, mamba ≥ 10×, nsa ≥ 20×")
+    report += profiles
     return report.joined(separator: "\n")
+}
+
+/// One mixer's tape profile: ms per step by operation, forward and backward, with its share of
+/// the step (the optimizer, which is not on the tape, as a last line).
+func renderTapeProfile(_ entries: [TapeProfiler.Entry], mixer: String, steps: Int, optimizerSeconds: Double) -> String {
+    let perStep = 1000 / Double(max(steps, 1))
+    let total = entries.reduce(optimizerSeconds) { $0 + $1.forwardSeconds + $1.backwardSeconds }
+    var table = Table(["operation", "calls/step", "forward ms", "backward ms", "total ms", "% of step"])
+    for e in entries {
+        let sum = e.forwardSeconds + e.backwardSeconds
+        table.add([e.operation, String(e.calls / max(steps, 1)), fmt(e.forwardSeconds * perStep, 2), fmt(e.backwardSeconds * perStep, 2),
+                   fmt(sum * perStep, 2), fmt(100 * sum / total)])
+    }
+    table.add(["clipping + AdamW (not on the tape)", "–", "–", "–", fmt(optimizerSeconds * perStep, 2), fmt(100 * optimizerSeconds / total)])
+    return """
+
+    # tape profile, \(mixer): \(steps) more steps, ms per step; a node's forward is the time since the previous node was recorded
+    \(table.render())
+    """
 }

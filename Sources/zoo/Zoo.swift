@@ -56,9 +56,11 @@ struct BenchTrain: ParsableCommand {
     var mixer: [String] = []
     @Option(help: "Timed steps per mixer (median reported).")
     var steps = 3
+    @Flag(help: "Then run as many steps again under the tape profiler and print where a step's time goes, per operation.")
+    var profile = false
 
     func run() throws {
         try common.apply()
-        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps))
+        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps, profile: profile))
     }
 }

@@ -209,4 +209,30 @@ func referenceProduct(_ a: [Double], _ b: [Double], m: Int, n: Int, k: Int, tran
         y.sum().backward()
         #expect(x.grad?.scalars == [1])
     }
+
+    /// Used only by the profiler test, so its entry counts nothing from tests running beside it.
+    struct ProfiledDouble: DifferentiableFunction {
+        func forward(_ inputs: [Tensor]) -> (outputs: [Tensor], saved: Void) { ([inputs[0] * 2], ()) }
+        func backward(_ saved: Void, outputGradients: [Tensor?]) -> [Tensor?] { [outputGradients[0].map { $0 * 2 }] }
+    }
+
+    @Test func profilerTimesEachOperationByName() {
+        let x = Variable(randomTensor([64, 64], seed: 3), requiresGrad: true)
+        TapeProfiler.start()
+        let h = ProfiledDouble()([x])[0]
+        let y = ProfiledDouble()([h])[0]
+        (y * h).sum().backward()   // h is used twice: its gradients are summed
+        let entries = TapeProfiler.stop()
+        let kernel = entries.first { $0.operation == "ProfiledDouble" }
+        #expect(kernel?.calls == 2)
+        #expect((kernel?.forwardSeconds ?? 0) > 0 && (kernel?.backwardSeconds ?? 0) > 0)
+        #expect(entries.contains { $0.operation == "* (Operations)" && $0.calls >= 1 })
+        #expect(entries.contains { $0.operation == "sum (Operations)" && $0.calls >= 1 })
+        #expect((entries.first { $0.operation.hasPrefix("gradient sums") }?.calls ?? 0) >= 1)
+        // Stopped: nothing more is counted.
+        _ = ProfiledDouble()([x])
+        TapeProfiler.start()
+        #expect(TapeProfiler.stop().first { $0.operation == "ProfiledDouble" } == nil)
+        #expect(x.grad?.scalars == (x.value * 16).scalars)   // Σ y·h = Σ 8x², so 16x
+    }
 }
