@@ -110,8 +110,17 @@ extension Tensor {
                 throw ShapeError("add(in place)", "shapes \(describe(shape)) and \(describe(other.shape)) differ")
             }
         }
-        let p = mutablePointer()
-        simdAxpy(alpha, other.pointer, p, count)
+        let n = count
+        let y = SendablePointer(mutablePointer()), x = SendablePointer(UnsafeMutablePointer(mutating: other.pointer))
+        // Workers take whole 16-float vectors, so every element goes through the same fused
+        // multiply-add as in one serial pass (the scalar tail stays at the very end): the result
+        // does not depend on the thread count. Gradient sums of [B·T, d] activations use this.
+        let vectors = n / 16
+        ZooThreads.parallelFor(vectors, minChunk: Swift.max(1, parallelElementThreshold / 16)) { r in
+            simdAxpy(alpha, x.pointer + r.lowerBound * 16, y.pointer + r.lowerBound * 16, r.count * 16)
+        }
+        if vectors * 16 < n { simdAxpy(alpha, x.pointer + vectors * 16, y.pointer + vectors * 16, n - vectors * 16) }
+        withExtendedLifetime(other) {}
     }
 
     /// In place: self *= alpha.
