@@ -4,7 +4,9 @@ import ZooKernels
 
 /// `zoo bench mamba`: the selective scan kernels (issue 4), measured side by side in one run.
 /// B = 1, D = 512, N = 16, z, D, delta_bias and softplus on, T over `lengths`:
-///   - fast forward (saving checkpoints, as training does) and fast forward + backward;
+///   - fast forward (saving checkpoints, as training does) and fast forward + backward, in the
+///     channel-major layout ([B, D, L]) and in the token-major one ([B, L, D], what the Mamba layer
+///     passes in training: its projections' output, no permutes);
 ///   - the naive Double reference (forward, and forward + its backward) while one run of it takes
 ///     under `naiveLimitSeconds` (predicted linearly from the previous length);
 ///   - ms (median), tokens/s, state updates/s (B·T·D·N per second), and memory: the MemoryMeter
@@ -33,26 +35,32 @@ public func runMambaBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 8192
                        peakResidentBytes().map { fmt(Double($0) / 1_048_576, 0) } ?? "–"])
         }
         let repeats = quick ? 2 : 5
-        var cpu: [Double] = []
-        let forward = measure(warmup: 1, repeats: repeats, minSeconds: quick ? 0.05 : 1.0) {
-            let c0 = processCPUTime()
-            _ = selectiveScanForward(x)
-            cpu.append(processCPUTime() - c0)
+        // The fast kernels in both layouts (same values: token-major is a permuted copy).
+        func timeFast(_ kernel: String, _ x: SelectiveScanInputs, _ gradOut: Tensor) -> (forward: Measurement, both: Measurement) {
+            var cpu: [Double] = []
+            let forward = measure(warmup: 1, repeats: repeats, minSeconds: quick ? 0.05 : 1.0) {
+                let c0 = processCPUTime()
+                _ = selectiveScanForward(x)
+                cpu.append(processCPUTime() - c0)
+            }
+            let forwardPeak = MemoryMeter.measurePeak { _ = selectiveScanForward(x) }.peakExtraBytes
+            row(kernel, "fwd", forward.median, forward.best, Measurement(samples: cpu).median, forwardPeak)
+            cpu = []
+            let both = measure(warmup: 1, repeats: repeats, minSeconds: quick ? 0.05 : 1.0) {
+                let c0 = processCPUTime()
+                let r = selectiveScanForward(x)
+                _ = selectiveScanBackward(x, saved: r.saved!, gradOut: gradOut)
+                cpu.append(processCPUTime() - c0)
+            }
+            let bothPeak = MemoryMeter.measurePeak {
+                let r = selectiveScanForward(x)
+                _ = selectiveScanBackward(x, saved: r.saved!, gradOut: gradOut)
+            }.peakExtraBytes
+            row(kernel, "fwd+bwd", both.median, both.best, Measurement(samples: cpu).median, bothPeak)
+            return (forward, both)
         }
-        let forwardPeak = MemoryMeter.measurePeak { _ = selectiveScanForward(x) }.peakExtraBytes
-        row("fast", "fwd", forward.median, forward.best, Measurement(samples: cpu).median, forwardPeak)
-        cpu = []
-        let both = measure(warmup: 1, repeats: repeats, minSeconds: quick ? 0.05 : 1.0) {
-            let c0 = processCPUTime()
-            let r = selectiveScanForward(x)
-            _ = selectiveScanBackward(x, saved: r.saved!, gradOut: gradOut)
-            cpu.append(processCPUTime() - c0)
-        }
-        let bothPeak = MemoryMeter.measurePeak {
-            let r = selectiveScanForward(x)
-            _ = selectiveScanBackward(x, saved: r.saved!, gradOut: gradOut)
-        }.peakExtraBytes
-        row("fast", "fwd+bwd", both.median, both.best, Measurement(samples: cpu).median, bothPeak)
+        let (forward, both) = timeFast("fast, [B,D,L]", x, gradOut)
+        _ = timeFast("fast, [B,L,D]", tokenMajor(x), gradOut.permuted([0, 2, 1]))
         if l == 2048 {
             goals.append("T=2048: forward \(fmt(2048 / forward.median, 0)) tokens/s (goal ≥ 300000: \(fmt(2048 / forward.median / 3e5, 2))×), "
                          + "forward+backward \(fmt(2048 / both.median, 0)) tokens/s (goal ≥ 100000: \(fmt(2048 / both.median / 1e5, 2))×)")
@@ -105,6 +113,15 @@ func benchInputs(_ s: SelectiveScanShape, seed: UInt64) -> SelectiveScanInputs {
         A: a, B: Tensor.normal([1, 1, n, l], generator: &g), C: Tensor.normal([1, 1, n, l], generator: &g),
         D: Tensor.ones([d]), z: Tensor.normal([1, d, l], generator: &g), deltaBias: bias,
         initialState: nil, deltaSoftplus: true)
+}
+
+/// The same inputs in the token-major layout: u, delta, z [B, L, D]; B, C [B, L, G, N].
+func tokenMajor(_ x: SelectiveScanInputs) -> SelectiveScanInputs {
+    var t = x
+    t.u = x.u.permuted([0, 2, 1]); t.delta = x.delta.permuted([0, 2, 1]); t.z = x.z?.permuted([0, 2, 1])
+    t.B = x.B.permuted([0, 3, 1, 2]); t.C = x.C.permuted([0, 3, 1, 2])
+    t.layout = .tokenMajor
+    return t
 }
 
 /// CPU seconds used by this process so far (all threads).
