@@ -43,8 +43,9 @@ public struct RotaryEmbedding: Sendable {
         precondition(x.rank == 4 && x.shape[3] == headDim, "RotaryEmbedding: input \(describe(x.shape)) is not [B, T, H, \(headDim)]")
         let (b, t, h) = (x.shape[0], x.shape[1], x.shape[2])
         let half = headDim / 2, d = headDim
-        let tables = tables(length: t, offset: offset)
         var y = Tensor(uninitializedShape: x.shape)
+        if b * t * h == 0 { return y }
+        let tables = tables(length: t, offset: offset)
         let py = SendablePointer(y.mutablePointer()), px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer))
         // One token's H heads per item; the inner loop runs over contiguous halves and vectorises.
         // The sign is folded into the sine table read, so inverse is the same loop.

@@ -199,6 +199,21 @@ import ZooTestSupport
         #expect(abs(d1 - d2) < 1e-4)
     }
 
+    /// The rotation tables are cached per (length, offset): alternating positions and lengths on one
+    /// embedding must give exactly what a fresh embedding gives, and an empty sequence is fine.
+    @Test func rotaryTableCacheNeverServesOtherPositions() {
+        let shared = RotaryEmbedding(headDim: 8, base: 100)
+        let x = randomTensor([2, 6, 3, 8], seed: 19)
+        for (offset, length) in [(0, 6), (5, 6), (0, 6), (0, 4), (5, 6), (0, 4)] {
+            let part = x.slice(axis: 1, 0..<length)
+            let fresh = RotaryEmbedding(headDim: 8, base: 100).apply(part, offset: offset)
+            #expect(shared.apply(part, offset: offset).scalars == fresh.scalars, "offset \(offset), length \(length)")
+            #expect(shared.apply(part, offset: offset, inverse: true).scalars
+                    == RotaryEmbedding(headDim: 8, base: 100).apply(part, offset: offset, inverse: true).scalars)
+        }
+        #expect(shared.apply(x.slice(axis: 1, 0..<0), offset: 3).shape == [2, 0, 3, 8])
+    }
+
     @Test func crossEntropyIgnoresLabelsAndMatchesDouble() {
         let logits = randomTensor([5, 7], seed: 19, scale: 2)
         let targets = [3, -100, 0, 6, -100]

@@ -99,12 +99,12 @@ struct NSAPlan {
 final class NSATransposed: @unchecked Sendable {
     private let buffer: ScratchBuffer
     let pointer: UnsafeMutablePointer<Float>
-    let tokens: Int, heads: Int, dim: Int, blocksPerHead: Int
+    let heads: Int, dim: Int, blocksPerHead: Int
 
     init(_ x: Tensor) {
         let B = x.shape[0], T = x.shape[1], H = x.shape[2], D = x.shape[3]
         let block = nsaKeyBlock, blocks = (T + block - 1) / block
-        tokens = T; heads = H; dim = D; blocksPerHead = blocks
+        heads = H; dim = D; blocksPerHead = blocks
         buffer = ScratchBuffer(count: max(1, B * H * blocks * D * block), zeroed: false)
         pointer = buffer.pointer
         let src = SendablePointer(UnsafeMutablePointer(mutating: x.pointer)), dst = SendablePointer(buffer.pointer)
