@@ -1,8 +1,8 @@
 import Foundation
 
 /// What recorded a tape node: a differentiable operation (the function that called `record`, and
-/// its file) or a fused kernel (its `DifferentiableFunction` type). Cheap to store: no strings
-/// are built unless a profile is printed.
+/// its file) or a fused kernel (its `DifferentiableFunction` type). Cheap to store: names are
+/// built only while the profiler is on.
 enum TapeSite: Hashable {
     case function(StaticString, file: StaticString)
     case kernel(Any.Type)
