@@ -31,22 +31,23 @@ func processCPUSeconds(_ body: () -> Void) -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 - t0
 }
 
+/// Causal flash attention forward on [B, T, H, d] tensors: the shape, output and log-sum-exp.
+private func flashForward(_ q: Tensor, _ k: Tensor, _ v: Tensor) -> (shape: AttentionShape, output: Tensor, logSumExp: Tensor) {
+    let s = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
+                           keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
+    var o = Tensor(uninitializedShape: [s.batch, s.queryLength, s.queryHeads, s.valueDim])
+    var lse = Tensor(uninitializedShape: [s.batch, s.queryHeads, s.queryLength])
+    flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: s, options: AttentionOptions(causal: true),
+                          output: o.mutablePointer(), logSumExp: lse.mutablePointer())
+    return (s, o, lse)
+}
+
 /// Zoo's flash attention (causal, Hq = 4 over Hkv = 1 as NSA's inputs, d = 64): forward, and
 /// forward + backward.
 public let flashAttentionBaseline = NSABenchBaseline(name: "flash", forward: { q, k, v in
-    let s = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
-                           keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
-    var o = Tensor(uninitializedShape: [s.batch, s.queryLength, s.queryHeads, s.valueDim])
-    var lse = Tensor(uninitializedShape: [s.batch, s.queryHeads, s.queryLength])
-    flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: s, options: AttentionOptions(causal: true),
-                          output: o.mutablePointer(), logSumExp: lse.mutablePointer())
+    _ = flashForward(q, k, v)
 }, forwardBackward: { q, k, v, dO in
-    let s = AttentionShape(batch: q.shape[0], queryLength: q.shape[1], keyLength: k.shape[1], queryHeads: q.shape[2],
-                           keyValueHeads: k.shape[2], headDim: q.shape[3], valueDim: v.shape[3])
-    var o = Tensor(uninitializedShape: [s.batch, s.queryLength, s.queryHeads, s.valueDim])
-    var lse = Tensor(uninitializedShape: [s.batch, s.queryHeads, s.queryLength])
-    flashAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, shape: s, options: AttentionOptions(causal: true),
-                          output: o.mutablePointer(), logSumExp: lse.mutablePointer())
+    let (s, o, lse) = flashForward(q, k, v)
     var dq = Tensor(uninitializedShape: q.shape), dk = Tensor(uninitializedShape: k.shape), dv = Tensor(uninitializedShape: v.shape)
     flashAttentionBackward(q: q.pointer, k: k.pointer, v: v.pointer, output: o.pointer, logSumExp: lse.pointer,
                            outputGradient: dO.pointer, shape: s, options: AttentionOptions(causal: true),
