@@ -100,5 +100,6 @@ let package = Package(
         .testTarget(name: "ZooDataTests", dependencies: ["ZooData", "ZooTestSupport"], exclude: ["Reference"]),
         .testTarget(name: "ZooCheckpointTests", dependencies: ["ZooCheckpoint", "ZooTestSupport"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "ZooBenchTests", dependencies: ["ZooBench"]),
     ]
 )

@@ -54,15 +54,24 @@ public let flashAttentionBaseline = NSABenchBaseline(name: "flash", forward: { q
                            queryGradient: dq.mutablePointer(), keyGradient: dk.mutablePointer(), valueGradient: dv.mutablePointer())
 })
 
+/// `peerCSV` names a `bench_peers.py mixers` CSV taken in the same session: its `nsa`/`ref`/`fwdbwd`
+/// rows replace PEERS.md's figures in the "× PyTorch ref" column (lengths it lacks show "–").
 public func runNSABenchmark(lengths: [Int] = [1024, 2048, 4096, 8192, 16384, 32768], backward: Bool = true,
-                            baseline: NSABenchBaseline? = flashAttentionBaseline, progress: ((String) -> Void)? = nil) -> String {
+                            baseline: NSABenchBaseline? = flashAttentionBaseline, peerCSV: String? = nil,
+                            progress: ((String) -> Void)? = nil) throws -> String {
     let (B, Hq, Hk, d) = (1, 4, 1, 64)
     let o = NSAOptions()
+    // The PyTorch reference (nsa_ref in ../shared/bench/ref_mixers.py), forward+backward tokens/s.
+    let reference: [Int: Double] = try peerCSV.map { try PeerResults.mixerTokensPerSecond(csv: $0, mixer: "nsa", impl: "ref", mode: "fwdbwd") }
+        ?? [256: 5622, 512: 1776, 1024: 996, 2048: 946, 4096: 827, 8192: 742]
     var report = [benchmarkHeader("zoo bench nsa"),
-                  "# B=\(B) Hq=\(Hq) Hkv=\(Hk) d=\(d) l=\(o.compressBlock) stride=\(o.compressStride) l'=\(o.selectBlock) n=\(o.selectCount) w=\(o.window); K/V shared by the branches, mean-pool compression"]
+                  "# B=\(B) Hq=\(Hq) Hkv=\(Hk) d=\(d) l=\(o.compressBlock) stride=\(o.compressStride) l'=\(o.selectBlock) n=\(o.selectCount) w=\(o.window); K/V shared by the branches, mean-pool compression",
+                  peerCSV.map { "# PyTorch ref: measured side by side, from \($0)" }
+                  ?? "# PyTorch ref: ../shared/bench/PEERS.md (measured there up to T = 8192; --peer-csv compares with figures taken now)"]
     // CPU seconds (all threads) per run beside the wall-clock medians: on a shared machine the
     // wall clock mostly measures the neighbours; tok/CPU-s is the contention-robust figure.
-    var header = ["T", "fwd ms", "fwd tok/s", "fwd CPU ms", "fwd+bwd ms", "fwd+bwd tok/s", "f+b CPU ms", "f+b tok/CPU-s", "vs 1k tok/s"]
+    var header = ["T", "fwd ms", "fwd tok/s", "fwd CPU ms", "fwd+bwd ms", "fwd+bwd tok/s", "f+b CPU ms", "f+b tok/CPU-s", "vs 1k tok/s",
+                  "ref tok/s", "× ref"]
     if let baseline { header += ["\(baseline.name) fwd ms", "fwd speed-up", "\(baseline.name) fwd+bwd ms", "fwd+bwd speed-up"] }
     var table = Table(header)
     for T in lengths {
@@ -97,8 +106,9 @@ public func runNSABenchmark(lengths: [Int] = [1024, 2048, 4096, 8192, 16384, 327
             let bothCPU = Measurement(samples: Array(cpu.dropFirst())).median
             row += [fmt(both * 1e3, 1), fmt(Double(T) / both, 0), fmt(bothCPU * 1e3, 1), fmt(Double(T) / bothCPU, 0),
                     fmt(Double(T) / both / 1000, 1) + "×"]
+            row += reference[T].map { [fmt($0, 0), fmt(Double(T) / both / $0, 1) + "×"] } ?? ["–", "–"]
         } else {
-            row += ["–", "–", "–", "–", "–"]
+            row += ["–", "–", "–", "–", "–", "–", "–"]
         }
         if let baseline {
             let bf = measure(warmup: 1, repeats: repeats, minSeconds: minSeconds) { baseline.forward(q, k, v) }.median
@@ -114,7 +124,7 @@ public func runNSABenchmark(lengths: [Int] = [1024, 2048, 4096, 8192, 16384, 327
         progress?(row.joined(separator: "  "))
     }
     report.append(table.render())
-    report.append("goals: fwd+bwd ≥ 20× of ~1k tok/s (the PyTorch refs) at T ≥ 2048; forward faster than flash attention from T = 8192, ≥ 3× at T = 32768")
+    report.append("goals: fwd+bwd ≥ 20× the PyTorch refs' ~0.7–1k tok/s at T ≥ 2048; forward faster than flash attention from T = 8192, ≥ 3× at T = 32768")
     report.append("CPU ms = process CPU time per run, all threads (median); on a contended machine wall ms ≫ CPU ms / threads")
     return report.joined(separator: "\n")
 }

@@ -17,8 +17,11 @@ import ZooExperiment
 ///
 /// With `profile`, each mixer then runs `steps` more steps under TapeProfiler and the report adds
 /// where a step's time goes, per operation on the tape.
+///
+/// The PyTorch column is PEERS.md's figures unless `peerCSV` names a `bench_peers.py lm` CSV taken
+/// in the same session (see `PeerResults`); a mixer missing from that file shows "–".
 public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8, length: Int = 512, steps: Int = 3,
-                              profile: Bool = false) throws -> String {
+                              profile: Bool = false, peerCSV: String? = nil) throws -> String {
     let peerSettings: [String: String] = [
         "attention": "{type: attention, heads: 2, kv_heads: 2, head_dim: 64, rotary: false}",
         "mamba": "{type: mamba, d_state: 16, expand: 2, dt_rank: 8, d_conv: 4}",
@@ -26,9 +29,12 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
         "loglinear_mamba2": "{type: loglinear_mamba2, d_state: 64, head_dim: 64, expand: 2, chunk: 64}",
         "nsa": "{type: nsa, heads: 2, kv_heads: 1, head_dim: 64}",
     ]
-    let peerTokensPerSecond: [String: Double] = ["attention": 15198, "mamba2": 8266, "loglinear_mamba2": 6489, "mamba": 1561, "nsa": 380]
+    let peerTokensPerSecond: [String: Double] = try peerCSV.map { try PeerResults.trainingTokensPerSecond(csv: $0) }
+        ?? ["attention": 15198, "mamba2": 8266, "loglinear_mamba2": 6489, "mamba": 1561, "nsa": 380]
     let names = (requested ?? MixerRegistry.typeNames).filter { MixerRegistry.configType(named: $0) != nil }
     var report = [benchmarkHeader("zoo bench train (vocab 256, d_model 128, 4 layers, B=\(batch), L=\(length), AdamW)")]
+    report.append(peerCSV.map { "PyTorch tokens/s: measured side by side, from \($0)" }
+                  ?? "PyTorch tokens/s: ../shared/bench/PEERS.md (another day's machine; --peer-csv compares with figures taken now)")
 
     // The sgemm ceiling of this machine right now (OpenBLAS with all threads, 1024²). Shared
     // machines drift by ±25 % within minutes, so it is measured again before each mixer and each

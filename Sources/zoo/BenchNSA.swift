@@ -13,12 +13,14 @@ struct BenchNSA: ParsableCommand {
     var forwardOnly = false
     @Flag(help: "Leave out the flash-attention columns.")
     var noFlash = false
+    @Option(help: "PyTorch reference figures from a CSV that `bench_peers.py mixers` wrote (../shared/bench), instead of PEERS.md's.")
+    var peerCsv: String?
 
     func run() throws {
         try common.apply()
         let ts = lengths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !ts.isEmpty, ts.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--lengths needs positive integers, got '\(lengths)'") }
-        print(runNSABenchmark(lengths: ts, backward: !forwardOnly, baseline: noFlash ? nil : flashAttentionBaseline,
-                              progress: { print("# " + $0) }))
+        print(try runNSABenchmark(lengths: ts, backward: !forwardOnly, baseline: noFlash ? nil : flashAttentionBaseline,
+                                  peerCSV: peerCsv, progress: { print("# " + $0) }))
     }
 }
