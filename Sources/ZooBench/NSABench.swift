@@ -55,7 +55,7 @@ public let flashAttentionBaseline = NSABenchBaseline(name: "flash", forward: { q
 })
 
 /// `peerCSV` names a `bench_peers.py mixers` CSV taken in the same session: its `nsa`/`ref`/`fwdbwd`
-/// rows replace PEERS.md's figures in the "× PyTorch ref" column (lengths it lacks show "–").
+/// rows replace PEERS.md's figures in the "ref tok/s" and "× ref" columns (lengths it lacks show "–").
 public func runNSABenchmark(lengths: [Int] = [1024, 2048, 4096, 8192, 16384, 32768], backward: Bool = true,
                             baseline: NSABenchBaseline? = flashAttentionBaseline, peerCSV: String? = nil,
                             progress: ((String) -> Void)? = nil) throws -> String {
