@@ -8,15 +8,15 @@ import ZooKernels
 ///     and tokens/s, for log-linear and SSD, and the time ratio log-linear / SSD;
 ///   - peak extra memory of forward + backward (tensors and scratch, counted by `MemoryMeter`) for
 ///     both, and the process's peak RSS.
-/// The PyTorch peer figures (../shared/bench/PEERS.md, loglinear chunked64, same machine kind) are
-/// printed beside as a ratio; they are not re-measured here.
+/// The PyTorch peer figures (loglinear chunked64) are printed beside as a ratio: PEERS.md's, or with
+/// `peerCSV` those of a `bench_peers.py mixers` CSV taken in the same session.
 public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 8192, 16384],
-                                  chunk: Int = 64, quick: Bool = false, withSSD: Bool = true) -> String {
+                                  chunk: Int = 64, quick: Bool = false, withSSD: Bool = true, peerCSV: String? = nil) throws -> String {
     let (H, P, N, G) = (8, 64, 64, 1)
     var report = [benchmarkHeader("zoo bench loglinear (log-linear Mamba-2 vs SSD kernels, B=1 H=\(H) P=\(P) N=\(N) G=\(G) Q=\(chunk))")]
-    // PyTorch loglinear chunked64 tokens/s from PEERS.md: (fwd+bwd, fwd), by length.
-    let peer: [Int: (Double, Double)] = [256: (22657, 95270), 512: (27016, 54395), 1024: (26590, 52782),
-                                         2048: (20421, 48969), 4096: (15765, 49636), 8192: (12846, 37264)]
+    // PyTorch loglinear chunked64 tokens/s (fwd+bwd, fwd) by length; the fallback is PEERS.md's.
+    let peer = try PeerResults.kernelTokensPerSecond(csv: peerCSV, mixer: "loglinear", impl: "chunked64", fallback: [
+        256: (22657, 95270), 512: (27016, 54395), 1024: (26590, 52782), 2048: (20421, 48969), 4096: (15765, 49636), 8192: (12846, 37264)])
     var table = Table(["T", "LL fwd ms", "LL fwd tok/s", "LL f+b ms", "LL f+b tok/s", "× torch fwd", "× torch f+b",
                        "SSD fwd ms", "SSD f+b ms", "LL/SSD fwd", "LL/SSD f+b", "LL f+b CPU ms", "SSD f+b CPU ms", "CPU LL/SSD f+b", "LL peak MB", "SSD peak MB", "RSS MB"])
     let options = LogLinearOptions(chunkSize: chunk)
@@ -53,7 +53,7 @@ public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 
         let llPeak = MemoryMeter.measurePeak(llTrain).peakExtraBytes
         let ssdPeak = withSSD ? MemoryMeter.measurePeak(ssdTrain).peakExtraBytes : 0
         let tokF = Double(T) / llForward, tokFB = Double(T) / llBoth
-        let ratios = peer[T].map { (fmt(tokF / $0.1, 2), fmt(tokFB / $0.0, 2)) } ?? ("–", "–")
+        let ratios = (PeerResults.ratio(tokF, over: peer[T]?.fwd), PeerResults.ratio(tokFB, over: peer[T]?.fwdBwd))
         table.add(["\(T)", fmt(llForward * 1e3, 2), fmt(tokF, 0), fmt(llBoth * 1e3, 2), fmt(tokFB, 0), ratios.0, ratios.1,
                    fmt(ssdForward * 1e3, 2), fmt(ssdBoth * 1e3, 2), fmt(llForward / ssdForward, 2), fmt(llBoth / ssdBoth, 2),
                    fmt(Measurement(samples: llCPU).median * 1e3, 1), fmt(Measurement(samples: ssdCPU).median * 1e3, 1),
@@ -64,7 +64,7 @@ public func runLogLinearBenchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 
     report.append("""
         LL = log-linear (λ from softplus of N(0,1)), f+b = forward + backward (all gradients incl. λ; SSD saves its
         chunk states for the backward, log-linear recomputes its block states). × torch: tokens/s over PyTorch's
-        loglinear_chunked(64) from ../shared/bench/PEERS.md (not re-measured); goal ≥ 2.5 f+b for T ≥ 1024.
+        loglinear_chunked(64) from \(peerCSV ?? "../shared/bench/PEERS.md (another day; see --peer-csv)"); goal ≥ 2.5 f+b for T ≥ 1024.
         CPU ms: process CPU time of one call, all threads (on a loaded machine wall time ≫ CPU time / threads).
         LL/SSD: time ratio in this run (CPU: of process CPU time, less sensitive to other load); goal ≤ 2.5 f+b at T = 8192. peak MB: extra tensor + scratch bytes of one f+b.
         """)

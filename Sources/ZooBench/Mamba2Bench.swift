@@ -10,15 +10,15 @@ import ZooKernels
 ///     `naiveMaxLength` (beyond that it is too slow);
 ///   - peak extra memory of forward + backward (tensors and scratch, counted by `MemoryMeter`) and
 ///     the process's peak RSS.
-/// The PyTorch peer figures (../shared/bench/PEERS.md, ssd chunked64, same machine kind) are
-/// printed beside, for the ratio; they are not re-measured here.
+/// The PyTorch peer figures (ssd chunked64) are printed beside, for the ratio: PEERS.md's, or with
+/// `peerCSV` those of a `bench_peers.py mixers` CSV taken in the same session.
 public func runMamba2Benchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 8192, 16384],
-                               chunk: Int = 64, naiveMaxLength: Int = 1024, quick: Bool = false) -> String {
+                               chunk: Int = 64, naiveMaxLength: Int = 1024, quick: Bool = false, peerCSV: String? = nil) throws -> String {
     let (H, P, N, G) = (8, 64, 64, 1)
     var report = [benchmarkHeader("zoo bench mamba2 (SSD kernels, B=1 H=\(H) P=\(P) N=\(N) G=\(G) Q=\(chunk))")]
-    // PyTorch chunked64 tokens/s from PEERS.md (fwd+bwd, fwd), by length.
-    let peer: [Int: (Double, Double)] = [256: (56978, 127373), 512: (51117, 107614), 1024: (58152, 91175),
-                                         2048: (55548, 139924), 4096: (48145, 124571), 8192: (45647, 125881)]
+    // PyTorch chunked64 tokens/s (fwd+bwd, fwd) by length; the fallback is PEERS.md's.
+    let peer = try PeerResults.kernelTokensPerSecond(csv: peerCSV, mixer: "ssd", impl: "chunked64", fallback: [
+        256: (56978, 127373), 512: (51117, 107614), 1024: (58152, 91175), 2048: (55548, 139924), 4096: (48145, 124571), 8192: (45647, 125881)])
     var table = Table(["T", "fwd ms", "fwd tok/s", "fwd GFLOP/s", "fwd+bwd ms", "fwd+bwd tok/s", "fwd+bwd GFLOP/s",
                        "× torch fwd", "× torch f+b", "best ms fwd", "best ms f+b", "CPU ms fwd", "CPU ms f+b", "naive fwd ms", "naive f+b ms",
                        "peak MB (f+b)", "RSS MB"])
@@ -60,7 +60,7 @@ public func runMamba2Benchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 819
             }
         }
         let tokF = Double(T) / fwd, tokFB = Double(T) / fwdBwd
-        let ratios = peer[T].map { (fmt(tokF / $0.1, 2), fmt(tokFB / $0.0, 2)) } ?? ("–", "–")
+        let ratios = (PeerResults.ratio(tokF, over: peer[T]?.fwd), PeerResults.ratio(tokFB, over: peer[T]?.fwdBwd))
         table.add(["\(T)", fmt(fwd * 1e3, 2), fmt(tokF, 0), fmt(flopsF / fwd / 1e9), fmt(fwdBwd * 1e3, 2), fmt(tokFB, 0),
                    fmt((flopsF + flopsB) / fwdBwd / 1e9), ratios.0, ratios.1, fmt(fwdRun.best * 1e3, 2), fmt(fwdBwdRun.best * 1e3, 2),
                    fmt(Measurement(samples: cpuF).median * 1e3, 2), fmt(Measurement(samples: cpuFB).median * 1e3, 2), naiveF, naiveFB,
@@ -70,7 +70,7 @@ public func runMamba2Benchmark(lengths: [Int] = [256, 512, 1024, 2048, 4096, 819
     report.append("""
         fwd+bwd = forward saving the chunk states + backward (all eight gradients, incl. h0).
         GFLOP/s counts the products of the chunked algorithm (\(fmtFlopsNote)).
-        × torch: tokens/s over PyTorch's chunked SSD from ../shared/bench/PEERS.md (not re-measured);
+        × torch: tokens/s over PyTorch's chunked SSD from \(peerCSV ?? "../shared/bench/PEERS.md (another day; see --peer-csv)");
         goal ≥ 2 for T ≥ 1024 (≥ 110k tokens/s fwd+bwd at T = 2048). naive: Double, one run.
         best ms: fastest run (wall), the least disturbed by other load; CPU ms: median process CPU time per
         call (all threads).

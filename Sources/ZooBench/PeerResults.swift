@@ -42,6 +42,24 @@ public enum PeerResults {
         return out
     }
 
+    /// Forward and forward+backward tokens/s by length for one peer kernel (e.g. "ssd", "chunked64"):
+    /// from `csv` when given, else `fallback` (PEERS.md's figures). Either mode may be missing at a length.
+    public static func kernelTokensPerSecond(csv: String?, mixer: String, impl: String,
+                                             fallback: [Int: (fwdBwd: Double, fwd: Double)]) throws -> [Int: (fwdBwd: Double?, fwd: Double?)] {
+        guard let csv else { return fallback.mapValues { (fwdBwd: $0.fwdBwd, fwd: $0.fwd) } }
+        let both = try mixerTokensPerSecond(csv: csv, mixer: mixer, impl: impl, mode: "fwdbwd")
+        let forward = try mixerTokensPerSecond(csv: csv, mixer: mixer, impl: impl, mode: "fwd")
+        var out: [Int: (fwdBwd: Double?, fwd: Double?)] = [:]
+        for length in Set(both.keys).union(forward.keys) { out[length] = (both[length], forward[length]) }
+        return out
+    }
+
+    /// "x.xx" for ours / theirs, "–" where there is no peer figure.
+    static func ratio(_ ours: Double, over peer: Double?) -> String {
+        guard let p = peer else { return "–" }
+        return fmt(ours / p, 2)
+    }
+
     /// Rows of a CSV file with a header naming at least `columns`, each with its 1-based line.
     static func read(_ path: String, columns: [String]) throws -> [(line: Int, row: [String: String])] {
         guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {

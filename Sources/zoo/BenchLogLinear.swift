@@ -15,8 +15,11 @@ struct BenchLogLinear: ParsableCommand {
     @Flag(help: "Skip zoo's SSD columns (log-linear only).")
     var noSSD = false
 
+    @Option(help: "PyTorch's figures from a CSV that `bench_peers.py mixers` wrote (../shared/bench), instead of PEERS.md's.")
+    var peerCsv: String?
+
     func run() throws {
         try common.apply()
-        print(runLogLinearBenchmark(lengths: lengths, chunk: chunk, quick: quick, withSSD: !noSSD))
+        print(try runLogLinearBenchmark(lengths: lengths, chunk: chunk, quick: quick, withSSD: !noSSD, peerCSV: peerCsv))
     }
 }

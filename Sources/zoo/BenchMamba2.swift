@@ -15,8 +15,11 @@ struct BenchMamba2: ParsableCommand {
     @Flag(help: "A shorter run (fewer repeats), for smoke tests.")
     var quick = false
 
+    @Option(help: "PyTorch's figures from a CSV that `bench_peers.py mixers` wrote (../shared/bench), instead of PEERS.md's.")
+    var peerCsv: String?
+
     func run() throws {
         try common.apply()
-        print(runMamba2Benchmark(lengths: lengths, chunk: chunk, naiveMaxLength: naiveMaxLength, quick: quick))
+        print(try runMamba2Benchmark(lengths: lengths, chunk: chunk, naiveMaxLength: naiveMaxLength, quick: quick, peerCSV: peerCsv))
     }
 }

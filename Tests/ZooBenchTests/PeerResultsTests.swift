@@ -71,3 +71,23 @@ import Foundation
         #expect(throws: PeerResults.ReadError.self) { try PeerResults.trainingTokensPerSecond(csv: ragged) }
     }
 }
+
+extension PeerResultsTests {
+    @Test func kernelFiguresPairBothModesOrFallBack() throws {
+        let path = try write("""
+        mixer,impl,L,mode,status,tokens_per_s
+        ssd,chunked64,2048,fwd,ok,120000
+        ssd,chunked64,2048,fwdbwd,ok,50000
+        ssd,chunked64,4096,fwd,ok,110000
+        ssd,naive,2048,fwdbwd,ok,1400
+        """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let measured = try PeerResults.kernelTokensPerSecond(csv: path, mixer: "ssd", impl: "chunked64", fallback: [2048: (1, 1)])
+        #expect(measured.count == 2)
+        #expect(measured[2048]?.fwdBwd == 50000 && measured[2048]?.fwd == 120000)
+        #expect(measured[4096]?.fwdBwd == nil && measured[4096]?.fwd == 110000)
+        #expect(PeerResults.ratio(100000, over: measured[4096]?.fwdBwd) == "–")
+        let fallback = try PeerResults.kernelTokensPerSecond(csv: nil, mixer: "ssd", impl: "chunked64", fallback: [2048: (3, 4)])
+        #expect(fallback[2048]?.fwdBwd == 3 && fallback[2048]?.fwd == 4)
+    }
+}
