@@ -55,30 +55,26 @@ extension Tensor {
         let pivotTiles = (pivotCount + tile - 1) / tile, colTiles = (cols + tile - 1) / tile
         let work = planes * pivotTiles
         ZooThreads.parallelFor(work, minChunk: Swift.max(1, 16384 / Swift.max(tile * cols, 1))) { range in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: 512) { buffer in
-                let block = buffer.baseAddress!, spare = block + 256
-                for w in range {
-                    let plane = w / pivotTiles, p0 = (w % pivotTiles) * tile
-                    let p1 = Swift.min(pivotCount, p0 + tile)
-                    var srcBase = 0, dstBase = 0, rest = plane
-                    for a in stride(from: otherAxes.count - 1, through: 0, by: -1) {
-                        let i = rest % otherShape[a]; rest /= otherShape[a]
-                        srcBase += i * srcStrides[otherAxes[a]]; dstBase += i * outStrides[otherAxes[a]]
+            for w in range {
+                let plane = w / pivotTiles, p0 = (w % pivotTiles) * tile
+                let p1 = Swift.min(pivotCount, p0 + tile)
+                var srcBase = 0, dstBase = 0, rest = plane
+                for a in stride(from: otherAxes.count - 1, through: 0, by: -1) {
+                    let i = rest % otherShape[a]; rest /= otherShape[a]
+                    srcBase += i * srcStrides[otherAxes[a]]; dstBase += i * outStrides[otherAxes[a]]
+                }
+                for ct in 0..<colTiles {
+                    let c0 = ct * tile, c1 = Swift.min(cols, c0 + tile)
+                    if p1 - p0 == tile && c1 - c0 == tile {
+                        // A whole tile: 16 source runs in, transposed in registers, 16 runs out.
+                        transpose16x16(rows: { UnsafePointer(px.pointer + srcBase + p0 + (c0 + $0) * colStride) },
+                                       into: po.pointer + dstBase + p0 * pivotOutStride + c0, ldd: pivotOutStride)
+                        continue
                     }
-                    for ct in 0..<colTiles {
-                        let c0 = ct * tile, c1 = Swift.min(cols, c0 + tile)
-                        if p1 - p0 == tile && c1 - c0 == tile {
-                            // A whole tile: 16 source runs in, transposed in registers, 16 runs out.
-                            for c in 0..<tile { store16(block + 16 * c, load16(px.pointer + srcBase + p0 + (c0 + c) * colStride)) }
-                            transpose16x16(block, spare)
-                            for p in 0..<tile { store16(po.pointer + dstBase + (p0 + p) * pivotOutStride + c0, load16(block + 16 * p)) }
-                            continue
-                        }
-                        for p in p0..<p1 {
-                            let dst = po.pointer + dstBase + p * pivotOutStride
-                            let src = px.pointer + srcBase + p
-                            for c in c0..<c1 { dst[c] = src[c * colStride] }
-                        }
+                    for p in p0..<p1 {
+                        let dst = po.pointer + dstBase + p * pivotOutStride
+                        let src = px.pointer + srcBase + p
+                        for c in c0..<c1 { dst[c] = src[c * colStride] }
                     }
                 }
             }

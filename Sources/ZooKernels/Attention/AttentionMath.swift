@@ -98,36 +98,6 @@ enum Lanes {
     @inline(__always) static var index: SIMD16<Int32> { SIMD16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) }
 }
 
-/// Sixteen SIMD16 rows: a 16×16 block in registers.
-typealias Block16 = (F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16)
-
-/// One perfect unshuffle of the 256 values of a 16×16 block read row by row (evens, then odds):
-/// it rotates the bits of each value's index right by one, so four of them swap the row and
-/// column bits, i.e. transpose. Each output row is one two-source permute.
-@inline(__always) private func unshuffle(_ a: Block16) -> Block16 {
-    (F16(lowHalf: a.0.evenHalf, highHalf: a.1.evenHalf), F16(lowHalf: a.2.evenHalf, highHalf: a.3.evenHalf),
-     F16(lowHalf: a.4.evenHalf, highHalf: a.5.evenHalf), F16(lowHalf: a.6.evenHalf, highHalf: a.7.evenHalf),
-     F16(lowHalf: a.8.evenHalf, highHalf: a.9.evenHalf), F16(lowHalf: a.10.evenHalf, highHalf: a.11.evenHalf),
-     F16(lowHalf: a.12.evenHalf, highHalf: a.13.evenHalf), F16(lowHalf: a.14.evenHalf, highHalf: a.15.evenHalf),
-     F16(lowHalf: a.0.oddHalf, highHalf: a.1.oddHalf), F16(lowHalf: a.2.oddHalf, highHalf: a.3.oddHalf),
-     F16(lowHalf: a.4.oddHalf, highHalf: a.5.oddHalf), F16(lowHalf: a.6.oddHalf, highHalf: a.7.oddHalf),
-     F16(lowHalf: a.8.oddHalf, highHalf: a.9.oddHalf), F16(lowHalf: a.10.oddHalf, highHalf: a.11.oddHalf),
-     F16(lowHalf: a.12.oddHalf, highHalf: a.13.oddHalf), F16(lowHalf: a.14.oddHalf, highHalf: a.15.oddHalf))
-}
-
-/// dst[c·ldd + j] = row(j)[c] for j, c < 16: sixteen rows (16 floats each, at any addresses)
-/// written as sixteen columns. ~4 elements/ns, against ~1 for a scalar or scatter loop.
-@inline(__always) func transpose16(rows row: (Int) -> UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, ldd: Int) {
-    var b: Block16 = (load16(row(0)), load16(row(1)), load16(row(2)), load16(row(3)), load16(row(4)), load16(row(5)),
-                      load16(row(6)), load16(row(7)), load16(row(8)), load16(row(9)), load16(row(10)), load16(row(11)),
-                      load16(row(12)), load16(row(13)), load16(row(14)), load16(row(15)))
-    b = unshuffle(unshuffle(unshuffle(unshuffle(b))))
-    store16(dst, b.0); store16(dst + ldd, b.1); store16(dst + 2 * ldd, b.2); store16(dst + 3 * ldd, b.3)
-    store16(dst + 4 * ldd, b.4); store16(dst + 5 * ldd, b.5); store16(dst + 6 * ldd, b.6); store16(dst + 7 * ldd, b.7)
-    store16(dst + 8 * ldd, b.8); store16(dst + 9 * ldd, b.9); store16(dst + 10 * ldd, b.10); store16(dst + 11 * ldd, b.11)
-    store16(dst + 12 * ldd, b.12); store16(dst + 13 * ldd, b.13); store16(dst + 14 * ldd, b.14); store16(dst + 15 * ldd, b.15)
-}
-
 /// dst[c·ldd + j] = row(j)[c] for j < rows, c < cols (any sizes): 16×16 blocks where they fit,
 /// scalar copies at the edges.
 @inline(__always) func transposeRows(_ rows: Int, _ cols: Int, row: (Int) -> UnsafePointer<Float>,
@@ -136,7 +106,7 @@ typealias Block16 = (F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16, F16,
     while j0 + 16 <= rows {
         var c0 = 0
         while c0 + 16 <= cols {
-            transpose16(rows: { row(j0 + $0) + c0 }, into: dst + c0 * ldd + j0, ldd: ldd)
+            transpose16x16(rows: { row(j0 + $0) + c0 }, into: dst + c0 * ldd + j0, ldd: ldd)
             c0 += 16
         }
         for j in j0..<(j0 + 16) {

@@ -127,14 +127,14 @@ struct ScanBackwardOutputs: @unchecked Sendable {
 struct ScanBackwardScratch {
     let buffer: ScratchBuffer
     let a, a2, carry, gA, h, decay, hPrev: UnsafeMutablePointer<Float>
-    let u, dt, du, sig, z, gout, gy, y, gdt, gu, spare: UnsafeMutablePointer<Float>
+    let u, dt, du, sig, z, gout, gy, y, gdt, gu: UnsafeMutablePointer<Float>
     init(_ geo: ScanGeometry) {
         let np = geo.paddedState * 16, k = geo.interval * 16
-        buffer = ScratchBuffer(count: 4 * np + 256 + 2 * 16 * k + 10 * k + 256)
+        buffer = ScratchBuffer(count: 4 * np + 256 + 2 * 16 * k + 10 * k)
         a = buffer.pointer; a2 = a + np; carry = a2 + np; gA = carry + np; h = gA + np
         decay = h + 256; hPrev = decay + 16 * k
         u = hPrev + 16 * k; dt = u + k; du = dt + k; sig = du + k; z = sig + k
-        gout = z + k; gy = gout + k; y = gy + k; gdt = y + k; gu = gdt + k; spare = gu + k
+        gout = z + k; gy = gout + k; y = gy + k; gdt = y + k; gu = gdt + k
     }
 }
 
@@ -156,10 +156,10 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
     for c in stride(from: geo.chunks - 1, through: 0, by: -1) {
         let t0 = c * geo.interval, count = geo.chunkLength(c)
         let tileOffset = x.seq.offset(batch: b, channel: first, step: t0)
-        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: w.u, spare: w.spare)
-        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: w.dt, spare: w.spare)
-        loadSequenceTile(o.gradOut + tileOffset, x.seq, width: width, count: count, into: w.gout, spare: w.spare)
-        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: w.z, spare: w.spare) }
+        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: w.u)
+        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: w.dt)
+        loadSequenceTile(o.gradOut + tileOffset, x.seq, width: width, count: count, into: w.gout)
+        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: w.z) }
         for t in 0..<count {
             var delta = vadd(vload(w.dt + 16 * t), bias)
             if softplus {
@@ -205,9 +205,9 @@ func backwardTile(batch b: Int, block: Int, item: Int, geo: ScanGeometry, x: Sca
             gBiasAcc = vadd(gBiasAcc, gpre)
             gDAcc = vfma(gy, u, gDAcc)
         }
-        storeSequenceTile(w.gu, to: o.gu + tileOffset, x.seq, width: width, count: count, spare: w.spare)
-        storeSequenceTile(w.gdt, to: o.gdelta + tileOffset, x.seq, width: width, count: count, spare: w.spare)
-        if let gz = o.gz { storeSequenceTile(w.z, to: gz + tileOffset, x.seq, width: width, count: count, spare: w.spare) }
+        storeSequenceTile(w.gu, to: o.gu + tileOffset, x.seq, width: width, count: count)
+        storeSequenceTile(w.gdt, to: o.gdelta + tileOffset, x.seq, width: width, count: count)
+        if let gz = o.gz { storeSequenceTile(w.z, to: gz + tileOffset, x.seq, width: width, count: count) }
     }
     storeStateTile(w.carry, to: o.gh0, batch: b, first: first, width: width, shape: s)
     storeStateTile(w.gA, to: o.gA, batch: b, first: first, width: width, shape: s)

@@ -63,16 +63,14 @@ public func selectiveScanForward(_ x: SelectiveScanInputs,
     return SelectiveScanForwardResult(out: out, finalState: final, saved: saved)
 }
 
-/// One worker's tiles: A·log2e and the state as [Npad][16], five [K][16] time tiles, and a 16×16
-/// block of transpose work space.
+/// One worker's tiles: A·log2e and the state as [Npad][16], and five [K][16] time tiles.
 struct ScanForwardScratch {
     let buffer: ScratchBuffer
-    let a2, h, dt, du, u, z, y, spare: UnsafeMutablePointer<Float>
+    let a2, h, dt, du, u, z, y: UnsafeMutablePointer<Float>
     init(_ geo: ScanGeometry) {
         let np = geo.paddedState * 16, k = geo.interval * 16
-        buffer = ScratchBuffer(count: 2 * np + 5 * k + 256)
+        buffer = ScratchBuffer(count: 2 * np + 5 * k)
         a2 = buffer.pointer; h = a2 + np; dt = h + np; du = dt + k; u = du + k; z = u + k; y = z + k
-        spare = y + k
     }
 }
 
@@ -139,15 +137,15 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
         if let checkpoints {
             (checkpoints + ((b * geo.blocks + block) * geo.chunks + c) * np * 16).update(from: scratch.h, count: np * 16)
         }
-        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: scratch.u, spare: scratch.spare)
-        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: scratch.dt, spare: scratch.spare)
+        loadSequenceTile(x.u + tileOffset, x.seq, width: width, count: count, into: scratch.u)
+        loadSequenceTile(x.delta + tileOffset, x.seq, width: width, count: count, into: scratch.dt)
         discretise(dt: scratch.dt, du: scratch.du, u: scratch.u, bias: bias, softplus: softplus, count: count)
         for group in 0..<geo.stateGroups {
             scanStateGroup(h: scratch.h + 256 * group, a2: scratch.a2 + 256 * group, dt: scratch.dt, du: scratch.du,
                            bRows: bRows + t0 * np + 16 * group, cRows: cRows + t0 * np + 16 * group, rowStride: np,
                            y: scratch.y, count: count, accumulate: group > 0)
         }
-        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: scratch.z, spare: scratch.spare) }
+        if let z = x.z { loadSequenceTile(z + tileOffset, x.seq, width: width, count: count, into: scratch.z) }
         for t in 0..<count {
             var y = vfma(dSkip, vload(scratch.u + 16 * t), vload(scratch.y + 16 * t))
             if x.z != nil {
@@ -156,7 +154,7 @@ func forwardTile(item: Int, geo: ScanGeometry, x: ScanInputPointers, softplus: B
             }
             vstore(scratch.y + 16 * t, y)
         }
-        storeSequenceTile(scratch.y, to: out + tileOffset, x.seq, width: width, count: count, spare: scratch.spare)
+        storeSequenceTile(scratch.y, to: out + tileOffset, x.seq, width: width, count: count)
     }
     storeStateTile(scratch.h, to: final, batch: b, first: first, width: width, shape: s)
 }

@@ -110,15 +110,13 @@ let log2e: Float = 1.4426950408889634
 }
 
 /// Copies `width` rows (row stride `rowStride`) of `count` values into the tile [count][16]
-/// (lane = row); lanes ≥ width become 0. Whole 16×16 blocks go through `transpose16x16` (ZooTensor).
+/// (lane = row); lanes ≥ width become 0. Whole 16×16 blocks go through `transpose16x16` (ZooTensor, in registers).
 @inline(__always) func loadTile(_ src: UnsafePointer<Float>, rowStride: Int, width: Int, count: Int,
-                                into tile: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+                                into tile: UnsafeMutablePointer<Float>) {
     var t0 = 0
     if width == 16 {
         while t0 + 16 <= count {
-            let block = tile + 16 * t0
-            for lane in 0..<16 { vstore(block + 16 * lane, vload(src + lane * rowStride + t0)) }
-            transpose16x16(block, spare)
+            transpose16x16(rows: { src + $0 * rowStride + t0 }, into: tile + 16 * t0, ldd: 16)
             t0 += 16
         }
     }
@@ -132,14 +130,11 @@ let log2e: Float = 1.4426950408889634
 
 /// The inverse of `loadTile` for the first `width` lanes.
 @inline(__always) func storeTile(_ tile: UnsafeMutablePointer<Float>, to dst: UnsafeMutablePointer<Float>,
-                                 rowStride: Int, width: Int, count: Int, spare: UnsafeMutablePointer<Float>) {
-    // Transposes the tile's whole 16×16 blocks in place (the tile is not read again).
+                                 rowStride: Int, width: Int, count: Int) {
     var t0 = 0
     if width == 16 {
         while t0 + 16 <= count {
-            let block = tile + 16 * t0
-            transpose16x16(block, spare)
-            for lane in 0..<16 { vstore(dst + lane * rowStride + t0, vload(block + 16 * lane)) }
+            transpose16x16(rows: { UnsafePointer(tile + 16 * (t0 + $0)) }, into: dst + t0, ldd: rowStride)
             t0 += 16
         }
     }
@@ -153,9 +148,9 @@ let log2e: Float = 1.4426950408889634
 /// `loadTile` for a sequence tensor in either layout: `src` points at (b, first channel, t0).
 /// Token-major rows already hold 16 consecutive channels per step, so they load as vectors.
 @inline(__always) func loadSequenceTile(_ src: UnsafePointer<Float>, _ seq: ScanSequenceLayout, width: Int, count: Int,
-                                        into tile: UnsafeMutablePointer<Float>, spare: UnsafeMutablePointer<Float>) {
+                                        into tile: UnsafeMutablePointer<Float>) {
     guard seq.layout == .tokenMajor else {
-        loadTile(src, rowStride: seq.laneStride, width: width, count: count, into: tile, spare: spare)
+        loadTile(src, rowStride: seq.laneStride, width: width, count: count, into: tile)
         return
     }
     let step = seq.timeStride
@@ -172,10 +167,9 @@ let log2e: Float = 1.4426950408889634
 
 /// The inverse of `loadSequenceTile` for the first `width` lanes (the tile may be overwritten).
 @inline(__always) func storeSequenceTile(_ tile: UnsafeMutablePointer<Float>, to dst: UnsafeMutablePointer<Float>,
-                                         _ seq: ScanSequenceLayout, width: Int, count: Int,
-                                         spare: UnsafeMutablePointer<Float>) {
+                                         _ seq: ScanSequenceLayout, width: Int, count: Int) {
     guard seq.layout == .tokenMajor else {
-        storeTile(tile, to: dst, rowStride: seq.laneStride, width: width, count: count, spare: spare)
+        storeTile(tile, to: dst, rowStride: seq.laneStride, width: width, count: count)
         return
     }
     let step = seq.timeStride
