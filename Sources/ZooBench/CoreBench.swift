@@ -47,6 +47,43 @@ public func runCoreBenchmark(quick: Bool = false) -> String {
     report.append("\n## matmul (Tensor API splits rows over \(threads) Swift workers; raw sgemm uses \(threads) OpenBLAS threads)\n" + mm.render())
     report.append("median ratio \(fmt(ratios.sorted()[ratios.count / 2], 2)) (goal ≥ 0.95)")
 
+    // 1b. The training step's skinny products: zoo's skinny GEMM against OpenBLAS, both split
+    // over the same workers (parallelGemm), samples interleaved.
+    var skinny = Table(["product (tiny LM, 4096 tokens)", "skinny GFLOP/s", "OpenBLAS GFLOP/s", "ratio"])
+    var skinnyRatios: [Double] = []
+    let skinnyShapes: [(String, Bool, Bool, Int, Int, Int)] = [
+        ("x·Wᵀ, 128 → 128", false, true, 4096, 128, 128), ("x·Wᵀ, 128 → 512", false, true, 4096, 512, 128),
+        ("x·Wᵀ, 512 → 128", false, true, 4096, 128, 512), ("dy·W, 512 → 128", false, false, 4096, 128, 512),
+        ("dy·W, 128 → 512", false, false, 4096, 512, 128),
+        ("dyᵀ·x, 128 × 128", true, false, 128, 128, 4096), ("dyᵀ·x, 512 × 128", true, false, 512, 128, 4096),
+        ("dyᵀ·x, 128 × 512", true, false, 128, 512, 4096),
+    ]
+    for (label, transA, transB, m, n, k) in quick ? Array(skinnyShapes.prefix(2)) : skinnyShapes {
+        var g = SeededGenerator(seed: 3)
+        let a = Tensor.normal(transA ? [k, m] : [m, k], generator: &g)
+        let b = Tensor.normal(transB ? [n, k] : [k, n], generator: &g)
+        var c = Tensor.zeros([m, n])
+        let pc = c.mutablePointer()
+        let flops = 2.0 * Double(m * n * k)
+        var own: [Double] = [], blas: [Double] = []
+        for round in 0..<(quick ? 2 : 6) {
+            for useSkinny in round % 2 == 0 ? [true, false] : [false, true] {
+                GemmPolicy.useSkinny = useSkinny
+                let samples = measure(warmup: 1, repeats: 3, minSeconds: 0.05) {
+                    parallelGemm(transA: transA, transB: transB, m: m, n: n, k: k, a: a.pointer, b: b.pointer, c: pc)
+                }.samples
+                if useSkinny { own += samples } else { blas += samples }
+            }
+        }
+        GemmPolicy.useSkinny = true
+        let ownRate = flops / Measurement(samples: own).median / 1e9, blasRate = flops / Measurement(samples: blas).median / 1e9
+        skinnyRatios.append(ownRate / blasRate)
+        skinny.add([label, fmt(ownRate), fmt(blasRate), fmt(ownRate / blasRate, 2)])
+    }
+    report.append("\n## skinny products (SkinnyGemm.swift against single-threaded OpenBLAS, both split over \(threads) workers; operands hot in cache)\n"
+                  + skinny.render())
+    report.append("median ratio \(fmt(skinnyRatios.sorted()[skinnyRatios.count / 2], 2)) (inside a training step, where operands arrive from other cores and memory, the gain is larger: `zoo bench train`)")
+
     // 2. Bandwidth-bound element-wise work against memcpy.
     let rows = quick ? 256 : 4096, cols = 4096
     var g = SeededGenerator(seed: 2)

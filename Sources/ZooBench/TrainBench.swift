@@ -18,10 +18,14 @@ import ZooExperiment
 /// With `profile`, each mixer then runs `steps` more steps under TapeProfiler and the report adds
 /// where a step's time goes, per operation on the tape.
 ///
+/// With `compareGemm`, each mixer then runs 2 × `steps` more steps alternating between zoo's skinny
+/// GEMM (SkinnyGemm.swift, the default) and OpenBLAS for every product, and the report adds both
+/// medians: the two sides see the same machine, step by step.
+///
 /// The PyTorch column is PEERS.md's figures unless `peerCSV` names a `bench_peers.py lm` CSV taken
 /// in the same session (see `PeerResults`); a mixer missing from that file shows "–".
 public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8, length: Int = 512, steps: Int = 3,
-                              profile: Bool = false, peerCSV: String? = nil) throws -> String {
+                              profile: Bool = false, compareGemm: Bool = false, peerCSV: String? = nil) throws -> String {
     let peerSettings: [String: String] = [
         "attention": "{type: attention, heads: 2, kv_heads: 2, head_dim: 64, rotary: false}",
         "mamba": "{type: mamba, d_state: 16, expand: 2, dt_rank: 8, d_conv: 4}",
@@ -55,6 +59,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     }
 
     var profiles: [String] = []
+    var gemmTable = Table(["mixer", "step ms, skinny GEMM", "step ms, OpenBLAS", "OpenBLAS ÷ skinny"])
     var table = Table(["mixer", "params", "step ms", "fwd ms", "bwd ms", "opt ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "sgemm ceiling", "% of sgemm"])
     for name in names {
         let mixerYAML = peerSettings[name] ?? name
@@ -102,6 +107,18 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
             profiles.append(renderTapeProfile(TapeProfiler.stop(), mixer: name, steps: steps,
                                               optimizerSeconds: phases[2].suffix(steps).reduce(0, +)))
         }
+        if compareGemm {
+            var skinny: [Double] = [], blas: [Double] = []
+            for i in 0..<(2 * steps) {
+                GemmPolicy.useSkinny = i % 2 == 0
+                let start = now()
+                trainingStep()
+                if i % 2 == 0 { skinny.append(now() - start) } else { blas.append(now() - start) }
+            }
+            GemmPolicy.useSkinny = true
+            let (ms, mb) = (Measurement(samples: skinny).median, Measurement(samples: blas).median)
+            gemmTable.add([name, fmt(ms * 1000), fmt(mb * 1000), fmt(mb / ms, 2)])
+        }
         let tokens = Double(batch * length)
         // Matmul FLOPs of a step: 6 per weight per token for the dense layers and the tied head,
         // plus attention's score and value products (causal: 2·T²·d forward, ×3.5 with backward).
@@ -119,6 +136,10 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     report.append("sgemm ceiling: 1024² with \(ZooThreads.count) OpenBLAS threads, GFLOP/s, measured just before each mixer's steps")
     report.append(table.render())
     report.append("goals: attention ≥ 1.3× PyTorch (~78 % of the ceiling), mamba2 and log-linear ≥ 2×, mamba ≥ 10×, nsa ≥ 20×")
+    if compareGemm {
+        report.append("\n# products through zoo's skinny GEMM against OpenBLAS, steps alternating in one process, medians of \(steps) each\n"
+                      + gemmTable.render())
+    }
     report += profiles
     return report.joined(separator: "\n")
 }

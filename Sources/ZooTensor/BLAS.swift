@@ -46,9 +46,12 @@ public func gemm(
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
-/// `gemm` split across the thread policy's workers along the longer of m and n (each worker
-/// calls single-threaded BLAS on its own block). Falls back to one call inside a parallel region
-/// or for small products. Deterministic: each output element is computed by exactly one call.
+/// `gemm` split across the thread policy's workers. A training step's products (one side the
+/// tokens, the others model widths: `skinnyGemmApplies`) go to zoo's skinny GEMM, which reads the
+/// token-sized operand without packing it; the rest go to OpenBLAS, split along the longer of m
+/// and n (each worker calls single-threaded BLAS on its own block), or in one call inside a
+/// parallel region or for small products. Deterministic: each output element is computed by
+/// exactly one call.
 public func parallelGemm(
     transA: Bool = false, transB: Bool = false,
     m: Int, n: Int, k: Int,
@@ -61,6 +64,11 @@ public func parallelGemm(
     let lda = lda ?? (transA ? m : k)
     let ldb = ldb ?? (transB ? k : n)
     let ldc = ldc ?? n
+    if GemmPolicy.useSkinny, skinnyGemmApplies(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta) {
+        skinnyGemm(transA: transA, transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                   beta: beta, c: c, ldc: ldc)
+        return
+    }
     let flops = 2 * m * n * k
     let workers = ZooThreads.count
     if workers <= 1 || ZooThreads.insideParallelRegion || flops < 4_000_000 || (m < 64 && n < 64) {
@@ -103,4 +111,10 @@ public func withBLASThreads<R>(_ threads: Int, _ body: () throws -> R) rethrows 
     openblas_set_num_threads(Int32(threads))
     defer { openblas_set_num_threads(1) }
     return try body()
+}
+
+/// Which GEMM `parallelGemm` uses for the shapes the skinny GEMM takes. Only benchmarks switch it
+/// (`zoo bench train --compare-gemm`, `zoo bench core`), to time both on the same machine.
+public enum GemmPolicy {
+    nonisolated(unsafe) public static var useSkinny = true
 }

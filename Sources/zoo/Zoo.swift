@@ -58,11 +58,14 @@ struct BenchTrain: ParsableCommand {
     var steps = 3
     @Flag(help: "Then run as many steps again under the tape profiler and print where a step's time goes, per operation.")
     var profile = false
+    @Flag(help: "Then run twice as many steps alternating zoo's skinny GEMM and OpenBLAS for the products, and print both medians.")
+    var compareGemm = false
     @Option(help: "PyTorch's figures from a CSV that `bench_peers.py lm` wrote (../shared/bench), instead of PEERS.md's.")
     var peerCsv: String?
 
     func run() throws {
         try common.apply()
-        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps, profile: profile, peerCSV: peerCsv))
+        print(try runTrainBenchmark(mixers: mixer.isEmpty ? nil : mixer, steps: steps, profile: profile,
+                                       compareGemm: compareGemm, peerCSV: peerCsv))
     }
 }

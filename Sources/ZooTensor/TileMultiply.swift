@@ -1,4 +1,5 @@
-// Register-blocked matrix-multiply microkernels for attention tiles.
+// Register-blocked matrix-multiply microkernels: attention's tiles and the skinny GEMM
+// (SkinnyGemm.swift) run on them.
 //
 //   C[r, 0..<w] (= or +=) Σ_{kk < k} A[r, kk] · B[kk, 0..<w]       r < 6 (or 1), w = 64 (or 16)
 //
@@ -12,13 +13,14 @@
 // project's machine (1 thread): OpenBLAS reaches 95–114 GFLOP/s on 128–256 × 256–512 × 64 tiles,
 // while this kernel, reading operands that the attention kernels pack once per call, reaches
 // ~133 GFLOP/s (more than OpenBLAS's 2048² sgemm, 125).
-
-import ZooTensor
+//
+// ZooTensor builds with -O (overflow checks kept), so the loop counters use wrapping arithmetic:
+// the indices are bounded by the caller's shapes, and a check per step would sit in the FMA loop.
 
 /// Six row pointers (A rows or C rows) of one microkernel call.
 @usableFromInline struct SixRows {
-    var r0, r1, r2, r3, r4, r5: UnsafeMutablePointer<Float>
-    @inline(__always) init(_ base: UnsafeMutablePointer<Float>, stride: Int, count: Int) {
+    @usableFromInline var r0, r1, r2, r3, r4, r5: UnsafeMutablePointer<Float>
+    @inlinable @inline(__always) init(_ base: UnsafeMutablePointer<Float>, stride: Int, count: Int) {
         // Rows beyond `count` repeat the last real row: they compute (and store) exactly what the
         // last row does, into the same place, so a partial group costs no special kernel.
         let last = count - 1
@@ -29,14 +31,14 @@ import ZooTensor
         r4 = base + Swift.min(4, last) * stride
         r5 = base + Swift.min(5, last) * stride
     }
-    @inline(__always) func offset(_ n: Int) -> SixRows {
+    @inlinable @inline(__always) func offset(_ n: Int) -> SixRows {
         var s = self
         s.r0 += n; s.r1 += n; s.r2 += n; s.r3 += n; s.r4 += n; s.r5 += n
         return s
     }
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func kernel6x64(_ k: Int, _ a: SixRows, _ aStep: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                 _ c: SixRows, accumulate: Bool) {
     var c00 = F16(), c01 = F16(), c02 = F16(), c03 = F16()
@@ -70,7 +72,7 @@ func kernel6x64(_ k: Int, _ a: SixRows, _ aStep: Int, _ b: UnsafePointer<Float>,
         x = F16(repeating: a.r5[off])
         c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1); c52 = c52.addingProduct(x, b2); c53 = c53.addingProduct(x, b3)
         pb += ldb
-        off += aStep
+        off &+= aStep
     }
     store16(c.r0, c00); store16(c.r0 + 16, c01); store16(c.r0 + 32, c02); store16(c.r0 + 48, c03)
     store16(c.r1, c10); store16(c.r1 + 16, c11); store16(c.r1 + 32, c12); store16(c.r1 + 48, c13)
@@ -80,7 +82,7 @@ func kernel6x64(_ k: Int, _ a: SixRows, _ aStep: Int, _ b: UnsafePointer<Float>,
     store16(c.r5, c50); store16(c.r5 + 16, c51); store16(c.r5 + 32, c52); store16(c.r5 + 48, c53)
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func kernel6x16(_ k: Int, _ a: SixRows, _ aStep: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                 _ c: SixRows, accumulate: Bool) {
     var c0 = F16(), c1 = F16(), c2 = F16(), c3 = F16(), c4 = F16(), c5 = F16()
@@ -98,12 +100,12 @@ func kernel6x16(_ k: Int, _ a: SixRows, _ aStep: Int, _ b: UnsafePointer<Float>,
         c4 = c4.addingProduct(F16(repeating: a.r4[off]), b0)
         c5 = c5.addingProduct(F16(repeating: a.r5[off]), b0)
         pb += ldb
-        off += aStep
+        off &+= aStep
     }
     store16(c.r0, c0); store16(c.r1, c1); store16(c.r2, c2); store16(c.r3, c3); store16(c.r4, c4); store16(c.r5, c5)
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func kernel1x64(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                 _ c: UnsafeMutablePointer<Float>, accumulate: Bool) {
     // Two sets of accumulators (even and odd kk) halve the FMA dependency chains of one row.
@@ -114,14 +116,14 @@ func kernel1x64(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePo
     var off = 0
     var kk = 0
     while kk + 2 <= k {
-        let x = F16(repeating: a[off]), y = F16(repeating: a[off + aStep])
+        let x = F16(repeating: a[off]), y = F16(repeating: a[off &+ aStep])
         let pb1 = pb + ldb
         c0 = c0.addingProduct(x, load16(pb)); c1 = c1.addingProduct(x, load16(pb + 16))
         c2 = c2.addingProduct(x, load16(pb + 32)); c3 = c3.addingProduct(x, load16(pb + 48))
         d0 = d0.addingProduct(y, load16(pb1)); d1 = d1.addingProduct(y, load16(pb1 + 16))
         d2 = d2.addingProduct(y, load16(pb1 + 32)); d3 = d3.addingProduct(y, load16(pb1 + 48))
         pb += 2 * ldb
-        off += 2 * aStep
+        off &+= 2 &* aStep
         kk += 2
     }
     if kk < k {
@@ -132,7 +134,7 @@ func kernel1x64(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePo
     store16(c, c0 + d0); store16(c + 16, c1 + d1); store16(c + 32, c2 + d2); store16(c + 48, c3 + d3)
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func kernel1x16(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                 _ c: UnsafeMutablePointer<Float>, accumulate: Bool) {
     var c0 = F16(), c1 = F16()
@@ -142,9 +144,9 @@ func kernel1x16(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePo
     var kk = 0
     while kk + 2 <= k {
         c0 = c0.addingProduct(F16(repeating: a[off]), load16(pb))
-        c1 = c1.addingProduct(F16(repeating: a[off + aStep]), load16(pb + ldb))
+        c1 = c1.addingProduct(F16(repeating: a[off &+ aStep]), load16(pb + ldb))
         pb += 2 * ldb
-        off += 2 * aStep
+        off &+= 2 &* aStep
         kk += 2
     }
     if kk < k { c0 = c0.addingProduct(F16(repeating: a[off]), load16(pb)) }
@@ -156,8 +158,8 @@ func kernel1x16(_ k: Int, _ a: UnsafePointer<Float>, _ aStep: Int, _ b: UnsafePo
 /// A element (r, kk) is at a + r·aRowStride + kk·aStep (aStep 1: row-major; aRowStride 1 and
 /// aStep = row length: the transpose of a row-major matrix). B row kk at b + kk·ldb, C row r at
 /// c + r·ldc. Single-threaded; callers parallelise over independent tiles.
-@inline(__always)
-func tileMultiply(m: Int, n: Int, k: Int,
+@inlinable @inline(__always)
+public func tileMultiply(m: Int, n: Int, k: Int,
                   a: UnsafePointer<Float>, aRowStride: Int, aStep: Int,
                   b: UnsafePointer<Float>, ldb: Int,
                   c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
