@@ -23,8 +23,8 @@
 // Blocking. Rows case: op(B) is packed once per call into contiguous 64-column panels (read in
 // place, a panel's rows would lie n floats apart and, for n a multiple of 128, crowd into a few L1
 // sets); 48 rows of A (8 microkernel calls) pass over one 128-deep slice of a panel (32 KB, in L1)
-// before the next. Inner case: k runs in chunks of 128 tokens; each worker copies the chunk of B
-// into panels and its rows of C accumulate over them, reading Aᵀ in place.
+// before the next. Inner case: k runs in chunks of 128 tokens; each worker copies its columns of the
+// chunk of B into panels and its columns of C accumulate over them, reading Aᵀ in place.
 //
 // Deterministic: each element of C is computed by one worker, over k in fixed chunks in a fixed
 // order, so results do not depend on the thread count.
@@ -80,27 +80,39 @@ public func skinnyGemm(
         withExtendedLifetime(panels) {}
         return
     }
-    // Inner case, per worker and per chunk of 128 tokens: B's chunk goes into 64-column panels
-    // (32 KB each: one stays in L1 while the worker's row blocks pass over it); Aᵀ is read in
-    // place (row r of Aᵀ starts at a + r and steps lda).
+    // Inner case: the workers split C by 64-column panels (by rows when there is one panel), and
+    // per chunk of 128 tokens each copies its columns of B's chunk into panels (32 KB each: one
+    // stays in L1 while all row blocks of C pass over it). Aᵀ is read in place (row r of Aᵀ starts
+    // at a + r and steps lda). Splitting by columns, no worker copies what another copies; the
+    // per-element arithmetic is the same either way (same 6-row groups, panels and chunks).
     let pb = SendablePointer(UnsafeMutablePointer(mutating: b))
     let chunk = 128
-    ZooThreads.parallelFor(rowBlocks) { blocks in
-        let r0 = blocks.lowerBound * 6, r1 = Swift.min(m, blocks.upperBound * 6), rows = r1 - r0
-        let panels = ScratchBuffer(count: chunk * n, zeroed: false)
+    let panelCount = (n + 63) / 64
+    func accumulateInto(rows r0: Int, _ r1: Int, columns c0: Int, _ c1: Int) {
+        let width = c1 - c0
+        let panels = ScratchBuffer(count: chunk * width, zeroed: false)
         var k0 = 0
         while k0 < k {
             let kc = Swift.min(chunk, k - k0)
-            packPanels(pb.pointer + k0 * ldb, transposed: false, k: kc, n: n, ld: ldb, into: panels.pointer)
+            packPanels(pb.pointer + k0 * ldb + c0, transposed: false, k: kc, n: width, ld: ldb, into: panels.pointer)
             var j = 0
-            while j < n {
-                let width = Swift.min(64, n - j)
-                tileMultiply(m: rows, n: width, k: kc, a: pa.pointer + k0 * lda + r0, aRowStride: 1, aStep: lda,
-                             b: panels.pointer + j * kc, ldb: width, c: pc.pointer + r0 * ldc + j, ldc: ldc,
+            while j < width {
+                let w = Swift.min(64, width - j)
+                tileMultiply(m: r1 - r0, n: w, k: kc, a: pa.pointer + k0 * lda + r0, aRowStride: 1, aStep: lda,
+                             b: panels.pointer + j * kc, ldb: w, c: pc.pointer + r0 * ldc + c0 + j, ldc: ldc,
                              accumulate: accumulate || k0 > 0)
-                j += width
+                j += w
             }
             k0 += kc
+        }
+    }
+    if panelCount >= 2 {
+        ZooThreads.parallelFor(panelCount) { panels in
+            accumulateInto(rows: 0, m, columns: panels.lowerBound * 64, Swift.min(n, panels.upperBound * 64))
+        }
+    } else {
+        ZooThreads.parallelFor(rowBlocks) { blocks in
+            accumulateInto(rows: blocks.lowerBound * 6, Swift.min(m, blocks.upperBound * 6), columns: 0, n)
         }
     }
 }
