@@ -15,10 +15,10 @@
 // operand where it lies: it broadcasts one element of each of 6 rows per step (rows case), or 6
 // neighbouring elements of one row (inner case, A read transposed through aStep). Only the
 // weight-sized operand is copied, into panels (below).
-// Measured (`zoo bench train --compare-gemm`, steps alternating in one process, 2 cores): a
-// training step of the tiny LM took 244 ms against 269 with OpenBLAS (attention) and 279 against
-// 331 (Mamba); with operands hot in cache (`zoo bench core`) the products alone run 1.06–1.23×
-// OpenBLAS's speed.
+// Measured on 2 cores, 2026-11-22: `zoo bench train --compare-gemm` (steps alternating in one
+// process) gives a training step of the tiny LM 1.05–1.11× the speed it has with OpenBLAS for
+// attention and Mamba, 1.02–1.07× for Mamba-2 and NSA; `zoo bench core` (operands hot in cache)
+// gives the products alone 1.01–1.24× OpenBLAS's speed.
 //
 // Blocking. Rows case: op(B) is packed once per call into contiguous 64-column panels (read in
 // place, a panel's rows would lie n floats apart and, for n a multiple of 128, crowd into a few L1
@@ -39,7 +39,8 @@ public func skinnyGemmApplies(transA: Bool, transB: Bool, m: Int, n: Int, k: Int
 }
 
 /// C = op(A)·op(B) (beta 0) or C += op(A)·op(B) (beta 1) for the shapes of `skinnyGemmApplies`,
-/// split over the workers by rows of C. Row-major, leading dimensions as in `gemm`.
+/// split over the workers by rows of C (rows case) or by its 64-column panels (inner case).
+/// Row-major, leading dimensions as in `gemm`.
 public func skinnyGemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -125,7 +126,8 @@ func packPanels(_ b: UnsafePointer<Float>, transposed: Bool, k: Int, n: Int, ld:
         let width = Swift.min(64, n - j0)
         let panel = dst + j0 * k
         if transposed {
-            // Column j of op(B) is row j of B: 16 × 16 blocks keep both sides in L1.
+            // Column j of op(B) is row j of B; going 16 along k at a time keeps the lines of the
+            // panel's 64 source rows in L1 while they are read.
             var p0 = 0
             while p0 < k {
                 let p1 = Swift.min(k, p0 + 16)
