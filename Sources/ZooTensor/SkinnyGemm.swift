@@ -16,9 +16,10 @@
 // neighbouring elements of one row (inner case, A read transposed through aStep). Only the
 // weight-sized operand is copied, into panels (below).
 // Measured on 2 cores, 2026-11-22: `zoo bench train --compare-gemm` (steps alternating in one
-// process) gives a training step of the tiny LM 1.05–1.11× the speed it has with OpenBLAS for
-// attention and Mamba, 1.02–1.07× for Mamba-2 and NSA; `zoo bench core` (operands hot in cache)
-// gives the products alone 1.01–1.24× OpenBLAS's speed.
+// process) gives a training step of the tiny LM 1.04–1.11× the speed it has with OpenBLAS for
+// attention, Mamba and NSA, 0.98–1.07× for Mamba-2 and log-linear (their 644-wide input
+// projection stays on OpenBLAS); `zoo bench core` (operands hot in cache) gives the products
+// alone 1.01–1.24× OpenBLAS's speed.
 //
 // Blocking. Rows case: op(B) is packed once per call into contiguous 64-column panels (read in
 // place, a panel's rows would lie n floats apart and, for n a multiple of 128, crowd into a few L1
