@@ -11,10 +11,12 @@
 // `zoo bench train`) and the other two are model widths (128–512). OpenBLAS packs both operands
 // on every call and zeroes C in a pass of its own before accumulating into it; with a width of
 // 128 that packing and zeroing was a third of its time inside a training step (perf: kernel 33 %
-// of the step's samples, packing 13 %, memset 3 %). Here the microkernel reads the token-sized
-// operand where it lies: it broadcasts one element of each of 6 rows per step (rows case), or 6
-// neighbouring elements of one row (inner case, A read transposed through aStep). Only the
-// weight-sized operand is copied, into panels (below).
+// of the step's samples, packing 13 %, memset 3 %). Here the microkernel reads A where it lies:
+// it broadcasts one element of each of 6 rows per step (rows case: the activations, never
+// copied), or 6 neighbouring elements of one row (inner case, Aᵀ read through aStep). Only B is
+// copied into panels (below): once per call in the rows case, where it is the weight; per
+// 128-token chunk in the inner case, where it is token-sized but each chunk is reused by every
+// row block of C.
 // Measured on 2 cores, 2026-11-22: `zoo bench train --compare-gemm` (steps alternating in one
 // process) gives a training step of the tiny LM 1.04–1.11× the speed it has with OpenBLAS for
 // attention, Mamba and NSA, 0.98–1.07× for Mamba-2 and log-linear (their 644-wide input
