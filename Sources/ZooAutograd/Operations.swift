@@ -176,6 +176,32 @@ extension Variable {
 
 // MARK: - Matrix products
 
+/// Projections of one input by row blocks of weights, as one node: part p is
+/// y_p = x · W_p[rows_p]ᵀ, x [..., in] → [..., rows_p.count] (`Tensor.projections`: one pass
+/// over x forward, one over dx backward, no split or sum afterwards). A weight may serve several
+/// parts (Mamba-2's in_proj cut into z, xBC and dt); its gradient collects each part's rows.
+public func projections(_ x: Variable, _ parts: [(weight: Variable, rows: Range<Int>)]) -> [Variable] {
+    let weights = parts.map(\.weight.value), rows = parts.map(\.rows)
+    let xv = x.value
+    let ys = Tensor.projections(xv, weights: weights, rows: rows)
+    // Each distinct weight is one input of the node; `owner[p]` says which.
+    var distinct: [Variable] = [], owner: [Int] = []
+    for part in parts {
+        if let i = distinct.firstIndex(where: { $0 === part.weight }) { owner.append(i) }
+        else { owner.append(distinct.count); distinct.append(part.weight) }
+    }
+    return recordMulti(ys, inputs: [x] + distinct) { grads in
+        let dx = x.requiresGrad ? Tensor.projectionInputGradient(grads, weights: weights, rows: rows, inputShape: xv.shape) : nil
+        let dws: [Tensor?] = distinct.indices.map { i in
+            guard distinct[i].requiresGrad else { return nil }
+            let mine = parts.indices.filter { owner[$0] == i }
+            if mine.allSatisfy({ grads[$0] == nil }) { return nil }
+            return Tensor.projectionWeightGradient(mine.map { (grads[$0], rows[$0]) }, x: xv, weightShape: weights[mine[0]].shape)
+        }
+        return [dx] + dws
+    }
+}
+
 /// a [..., m, k] · b [..., k, n] (transposes as flags). b may be a plain matrix shared by the batch.
 public func matmul(_ a: Variable, _ b: Variable, transA: Bool = false, transB: Bool = false) -> Variable {
     let (va, vb) = (a.value, b.value)

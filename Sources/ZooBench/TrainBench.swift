@@ -18,9 +18,11 @@ import ZooExperiment
 /// With `profile`, each mixer then runs `steps` more steps under TapeProfiler and the report adds
 /// where a step's time goes, per operation on the tape.
 ///
-/// With `compareGemm`, each mixer then runs 2 × `steps` more steps alternating between zoo's skinny
-/// GEMM (SkinnyGemm.swift, the default) and OpenBLAS for every product, and the report adds both
-/// medians: the two sides see the same machine, step by step.
+/// With `compareGemm`, each mixer then runs 3 × `steps` more steps rotating through three ways of
+/// computing the products: zoo's (the default: the skinny GEMM of SkinnyGemm.swift, a layer's
+/// projections fused as in Projections.swift), the skinny GEMM with each projection its own product
+/// and the wide ones split afterwards, and OpenBLAS for every product (projections separate). The
+/// report adds the three medians: all sides see the same machine, step by step.
 ///
 /// The PyTorch column is PEERS.md's figures unless `peerCSV` names a `bench_peers.py lm` CSV taken
 /// in the same session (see `PeerResults`); a mixer missing from that file shows "–".
@@ -59,7 +61,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     }
 
     var profiles: [String] = []
-    var gemmTable = Table(["mixer", "step ms, skinny GEMM", "step ms, OpenBLAS", "OpenBLAS ÷ skinny"])
+    var gemmTable = Table(["mixer", "step ms, zoo", "projections separate", "OpenBLAS", "separate ÷ zoo", "OpenBLAS ÷ zoo"])
     var table = Table(["mixer", "params", "step ms", "fwd ms", "bwd ms", "opt ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "sgemm ceiling", "% of sgemm"])
     for name in names {
         let mixerYAML = peerSettings[name] ?? name
@@ -108,16 +110,18 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
                                               optimizerSeconds: phases[2].suffix(steps).reduce(0, +)))
         }
         if compareGemm {
-            var skinny: [Double] = [], blas: [Double] = []
-            for i in 0..<(2 * steps) {
-                GemmPolicy.useSkinny = i % 2 == 0
+            // (skinny GEMM, fused projections) for each of the three ways, rotated step by step.
+            let ways: [(Bool, Bool)] = [(true, true), (true, false), (false, false)]
+            var samples: [[Double]] = [[], [], []]
+            for i in 0..<(3 * steps) {
+                (GemmPolicy.useSkinny, GemmPolicy.fuseProjections) = ways[i % 3]
                 let start = now()
                 trainingStep()
-                if i % 2 == 0 { skinny.append(now() - start) } else { blas.append(now() - start) }
+                samples[i % 3].append(now() - start)
             }
-            GemmPolicy.useSkinny = true
-            let (ms, mb) = (Measurement(samples: skinny).median, Measurement(samples: blas).median)
-            gemmTable.add([name, fmt(ms * 1000), fmt(mb * 1000), fmt(mb / ms, 2)])
+            (GemmPolicy.useSkinny, GemmPolicy.fuseProjections) = (true, true)
+            let ms = samples.map { Measurement(samples: $0).median }
+            gemmTable.add([name] + ms.map { fmt($0 * 1000) } + [fmt(ms[1] / ms[0], 2), fmt(ms[2] / ms[0], 2)])
         }
         let tokens = Double(batch * length)
         // Matmul FLOPs of a step: 6 per weight per token for the dense layers and the tied head,
@@ -137,7 +141,8 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     report.append(table.render())
     report.append("goals: attention ≥ 1.3× PyTorch (~78 % of the ceiling), mamba2 and log-linear ≥ 2×, mamba ≥ 10×, nsa ≥ 20×")
     if compareGemm {
-        report.append("\n# products through zoo's skinny GEMM against OpenBLAS, steps alternating in one process, medians of \(steps) each\n"
+        report.append("\n# step ms with the products computed three ways, steps rotating in one process, medians of \(steps) each:\n"
+                      + "# zoo (skinny GEMM, fused projections), skinny GEMM with separate projections, OpenBLAS\n"
                       + gemmTable.render())
     }
     report += profiles

@@ -148,9 +148,11 @@ public struct AttentionMixer: Mixer {
     public func callAsFunction(_ x: Variable) -> Variable {
         precondition(x.rank == 3 && x.shape[2] == dModel, "attention mixer: input \(describe(x.shape)) is not [B, T, \(dModel)]")
         let (b, t) = (x.shape[0], x.shape[1])
-        var q = queryProjection(x).reshaped([b, t, heads, headDim])
-        var k = keyProjection(x).reshaped([b, t, kvHeads, headDim])
-        let v = valueProjection(x).reshaped([b, t, kvHeads, headDim])
+        // One pass over x for the three projections (Linear.project), each into its own tensor.
+        let qkv = Linear.project(x, through: [queryProjection, keyProjection, valueProjection])
+        var q = qkv[0].reshaped([b, t, heads, headDim])
+        var k = qkv[1].reshaped([b, t, kvHeads, headDim])
+        let v = qkv[2].reshaped([b, t, kvHeads, headDim])
         if let rotary { q = rotary(q); k = rotary(k) }
         let attention = AttentionFunction(options: config.attentionOptions, kernel: config.kernel)
         let o = attention([q, k, v])[0]

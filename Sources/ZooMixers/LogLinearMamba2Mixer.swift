@@ -150,7 +150,7 @@ public struct LogLinearMamba2Mixer: Mixer {
         precondition(x.rank == 3 && x.shape[2] == m.dModel, "loglinear_mamba2 mixer: input \(describe(x.shape)) is not [B, T, \(m.dModel)]")
         let (b, t) = (x.shape[0], x.shape[1])
         checkLength(t, "forward")
-        let parts = m.inputProjection(x).split(axis: 2, sizes: m.splitSizes)
+        let parts = m.inputProjection.split(x, sizes: m.splitSizes)
         let (z, dt) = (parts[0], parts[2])
         let xbc = m.conv(parts[1]).silu().split(axis: 2, sizes: m.xbcSizes)
         let kernel = LogLinearFunction(options: options)

@@ -172,7 +172,7 @@ public struct Mamba2Mixer: Mixer {
     public func callAsFunction(_ x: Variable) -> Variable {
         precondition(x.rank == 3 && x.shape[2] == dModel, "mamba2 mixer: input \(describe(x.shape)) is not [B, T, \(dModel)]")
         let (b, t) = (x.shape[0], x.shape[1])
-        let parts = inputProjection(x).split(axis: 2, sizes: splitSizes)
+        let parts = inputProjection.split(x, sizes: splitSizes)      // z, xBC, dt, each its own tensor
         let (z, dt) = (parts[0], parts[2])
         let xbc = conv(parts[1]).silu().split(axis: 2, sizes: xbcSizes)
         let ssd = SSDFunction(options: ssdOptions)

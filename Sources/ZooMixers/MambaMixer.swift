@@ -193,9 +193,9 @@ public struct MambaMixer: Mixer {
         precondition(h.rank == 3 && h.shape[2] == dModel, "MambaMixer: input \(describe(h.shape)) is not [B, T, \(dModel)]")
         let (b, t) = (h.shape[0], h.shape[1])
         let n = config.stateSize
-        let xz = inProj(h).split(axis: 2, sizes: [innerWidth, innerWidth])
+        let xz = inProj.split(h, sizes: [innerWidth, innerWidth])         // x, z
         let x = conv1d(xz[0]).silu()                                        // [B, T, E]
-        let parts = xProj(x).split(axis: 2, sizes: [dtRank, n, n])          // dt, B, C
+        let parts = xProj.split(x, sizes: [dtRank, n, n])                   // dt, B, C
         let dt = matmul(parts[0], dtProjWeight, transB: true)               // [B, T, E]
         let a = aLog.exp() * -1
         // The kernel reads the projections where they are (token-major: [B, T, E], B/C [B, T, N]),

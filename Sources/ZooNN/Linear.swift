@@ -44,6 +44,32 @@ public struct Linear: Module {
     }
 }
 
+extension Linear {
+    /// Several layers of the same input width applied to one input, as one product:
+    /// `[l(x) for l in layers]` (attention's q, k and v projections). See `projections`.
+    public static func project(_ x: Variable, through layers: [Linear]) -> [Variable] {
+        precondition(!layers.isEmpty && layers.allSatisfy { $0.inFeatures == x.shape.last },
+                     "Linear.project: input \(describe(x.shape)) does not match every layer's input width")
+        guard GemmPolicy.fuseProjections else { return layers.map { $0(x) } }
+        let ys = projections(x, layers.map { ($0.weight, 0 ..< $0.outFeatures) })
+        return zip(ys, layers).map { y, layer in layer.bias.map { y + $0 } ?? y }
+    }
+
+    /// This layer's output cut into blocks of `sizes` features, each computed into its own tensor:
+    /// `self(x).split(axis: -1, sizes: sizes)` without the wide output and its copies.
+    public func split(_ x: Variable, sizes: [Int]) -> [Variable] {
+        precondition(sizes.reduce(0, +) == outFeatures && sizes.allSatisfy { $0 > 0 },
+                     "Linear.split: sizes \(sizes) do not add up to the \(outFeatures) output features")
+        precondition(x.shape.last == inFeatures, "Linear: input \(describe(x.shape)) does not end in \(inFeatures) features (weight \(describe(weight.shape)))")
+        guard GemmPolicy.fuseProjections else { return self(x).split(axis: x.rank - 1, sizes: sizes) }
+        var ranges: [Range<Int>] = [], start = 0
+        for size in sizes { ranges.append(start ..< start + size); start += size }
+        let ys = projections(x, ranges.map { (weight, $0) })
+        guard let bias else { return ys }
+        return zip(ys, bias.split(axis: 0, sizes: sizes)).map { $0 + $1 }
+    }
+}
+
 /// Rows of a [vocab, dim] table by token id: ids [B, T] → [B, T, dim].
 public struct Embedding: Module {
     public let weight: Variable

@@ -117,4 +117,7 @@ public func withBLASThreads<R>(_ threads: Int, _ body: () throws -> R) rethrows 
 /// (`zoo bench train --compare-gemm`, `zoo bench core`), to time both on the same machine.
 public enum GemmPolicy {
     nonisolated(unsafe) public static var useSkinny = true
+    /// Whether `Linear.project` and `Linear.split` compute a layer's projections as one product
+    /// (Projections.swift) or as separate products followed by a split, as before.
+    nonisolated(unsafe) public static var fuseProjections = true
 }

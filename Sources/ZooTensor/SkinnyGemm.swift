@@ -33,12 +33,43 @@
 // order, so results do not depend on the thread count.
 
 /// The shapes `skinnyGemm` takes (those where it measured faster than OpenBLAS): one side of the
-/// product the tokens, the others at most 1024, n a multiple of 16, alpha 1, beta 0 or 1.
+/// product the tokens, the others at most 1024, alpha 1, beta 0 or 1. The rows case takes any
+/// n ≥ 16 (a last panel narrower than a multiple of 16 is padded); the inner case n a multiple of 16.
 @inlinable
 public func skinnyGemmApplies(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, beta: Float) -> Bool {
-    guard alpha == 1, beta == 0 || beta == 1, m > 0, n > 0, n % 16 == 0, n <= 1024, k > 0 else { return false }
-    if !transA { return m >= 256 && k <= 1024 }
-    return !transB && k >= 256 && m <= 1024
+    guard alpha == 1, beta == 0 || beta == 1, m > 0, n > 0, n <= 1024, k > 0 else { return false }
+    if !transA { return m >= 256 && k <= 1024 && n >= 16 }
+    return !transB && n % 16 == 0 && k >= 256 && m <= 1024
+}
+
+/// One right-hand side of `skinnyProducts`: C [m, n] = A · op(B), op(B) [k, n]; B is [k, n]
+/// (`transB` false) or [n, k] (true), rows `ldb` apart; C rows `ldc` apart.
+public struct SkinnyOutput {
+    public var b: UnsafePointer<Float>, ldb: Int, transB: Bool, n: Int
+    public var c: UnsafeMutablePointer<Float>, ldc: Int
+    public init(b: UnsafePointer<Float>, ldb: Int, transB: Bool, n: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        (self.b, self.ldb, self.transB, self.n, self.c, self.ldc) = (b, ldb, transB, n, c, ldc)
+    }
+}
+
+/// One product of `skinnySumOfProducts`: A [m, k] (rows `lda` apart) · op(B) [k, n].
+public struct SkinnyTerm {
+    public var a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, transB: Bool, k: Int
+    public init(a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, transB: Bool, k: Int) {
+        (self.a, self.lda, self.b, self.ldb, self.transB, self.k) = (a, lda, b, ldb, transB, k)
+    }
+}
+
+/// Whether `skinnyProducts` (one A, several outputs of `widths` columns) takes a product: the rows
+/// case's limits, with the outputs' widths summed.
+public func skinnyProductsApply(m: Int, k: Int, widths: [Int]) -> Bool {
+    let n = widths.reduce(0, +)
+    return GemmPolicy.useSkinny && m >= 256 && k > 0 && k <= 1024 && n >= 16 && n <= 1024 && widths.allSatisfy { $0 > 0 }
+}
+
+/// Whether `skinnySumOfProducts` (n columns, terms of inner sizes `ks`) takes a product.
+public func skinnySumOfProductsApplies(m: Int, n: Int, ks: [Int]) -> Bool {
+    GemmPolicy.useSkinny && m >= 256 && n >= 16 && n <= 1024 && !ks.isEmpty && ks.allSatisfy { $0 > 0 && $0 <= 1024 }
 }
 
 /// C = op(A)·op(B) (beta 0) or C += op(A)·op(B) (beta 1) for the shapes of `skinnyGemmApplies`,
@@ -52,38 +83,170 @@ public func skinnyGemm(
     precondition(skinnyGemmApplies(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 1, beta: beta),
                  "skinnyGemm: shape \(m)×\(n)×\(k) (transA \(transA), transB \(transB), beta \(beta)) is not one it takes")
     let accumulate = beta == 1
-    let pa = SendablePointer(UnsafeMutablePointer(mutating: a)), pc = SendablePointer(c)
-    let rowBlocks = (m + 5) / 6
     if !transA {
-        // Read in place, a panel's rows would be n floats apart, and with n a multiple of 128 they
-        // fall into a few L1 sets (n = 512: 8 of 64) and evict one another.
-        let panels = ScratchBuffer(count: k * n, zeroed: false)
-        packPanels(b, transposed: transB, k: k, n: n, ld: ldb, into: panels.pointer)
-        let pb = SendablePointer(panels.pointer)
-        let groupBlocks = 8, rowsChunk = 128
-        ZooThreads.parallelFor(rowBlocks) { blocks in
-            var g0 = blocks.lowerBound
-            while g0 < blocks.upperBound {
-                let r0 = g0 * 6, r1 = Swift.min(m, Swift.min(blocks.upperBound, g0 + groupBlocks) * 6)
-                var k0 = 0
-                while k0 < k {
-                    let kc = Swift.min(rowsChunk, k - k0)
-                    var j = 0
-                    while j < n {
-                        let width = Swift.min(64, n - j)
-                        tileMultiply(m: r1 - r0, n: width, k: kc, a: pa.pointer + r0 * lda + k0, aRowStride: lda, aStep: 1,
-                                     b: pb.pointer + j * k + k0 * width, ldb: width, c: pc.pointer + r0 * ldc + j, ldc: ldc,
-                                     accumulate: accumulate || k0 > 0)
-                        j += width
-                    }
-                    k0 += kc
-                }
-                g0 += groupBlocks
-            }
-        }
-        withExtendedLifetime(panels) {}
+        rowsCase(m: m, terms: [SkinnyTerm(a: a, lda: lda, b: b, ldb: ldb, transB: transB, k: k)],
+                 outputs: [SkinnyOutput(b: b, ldb: ldb, transB: transB, n: n, c: c, ldc: ldc)], accumulate: accumulate)
         return
     }
+    innerCase(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, accumulate: accumulate, c: c, ldc: ldc)
+}
+
+/// Several products sharing their left operand, in one pass over it: C_p = A · op(B_p) (beta 0)
+/// or C_p += A · op(B_p) (beta 1), A [m, k]. A layer's projections (q, k and v, or the row
+/// blocks of Mamba-2's in_proj) each get their own output matrix, so nothing is split afterwards.
+/// Requires `skinnyProductsApply`.
+public func skinnyProducts(m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, outputs: [SkinnyOutput], beta: Float) {
+    precondition(skinnyProductsApply(m: m, k: k, widths: outputs.map(\.n)) && (beta == 0 || beta == 1),
+                 "skinnyProducts: \(m) rows, k \(k), widths \(outputs.map(\.n)), beta \(beta) is not a shape it takes")
+    // One term (A); each output's B is read from the output.
+    rowsCase(m: m, terms: [SkinnyTerm(a: a, lda: lda, b: outputs[0].b, ldb: outputs[0].ldb, transB: outputs[0].transB, k: k)],
+             outputs: outputs, accumulate: beta == 1)
+}
+
+/// A sum of products into one matrix, in one pass over C: C = Σ_s A_s · op(B_s) (beta 0) or
+/// C += … (beta 1), each A_s [m, k_s]. The input gradient of several projections of one input
+/// (Σ_p dY_p · W_p) without a partial result per projection. Requires `skinnySumOfProductsApplies`.
+public func skinnySumOfProducts(m: Int, n: Int, terms: [SkinnyTerm], beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    precondition(skinnySumOfProductsApplies(m: m, n: n, ks: terms.map(\.k)) && (beta == 0 || beta == 1),
+                 "skinnySumOfProducts: \(m)×\(n) with inner sizes \(terms.map(\.k)), beta \(beta) is not a shape it takes")
+    rowsCase(m: m, terms: terms, outputs: [SkinnyOutput(b: terms[0].b, ldb: terms[0].ldb, transB: terms[0].transB, n: n, c: c, ldc: ldc)],
+             accumulate: beta == 1)
+}
+
+// MARK: - Rows case
+
+/// One packed panel of the rows case: `valid` columns of an output, stored [kTotal, width] at
+/// `offset` in the packed buffer with width = valid rounded up to 16 (zeros beyond valid).
+private struct RowsPanel: Sendable {
+    let offset: Int, width: Int, valid: Int
+    let c: SendablePointer<Float>, ldc: Int
+    /// Where this panel's results collect in a worker's scratch while a row group is computed
+    /// (padded panels only: their extra columns must not reach C).
+    let scratchSlot: Int?
+}
+
+/// A term's rows of A and where its k rows start in every packed panel.
+private struct RowsTerm: Sendable {
+    let a: SendablePointer<Float>, lda: Int, k: Int, packedRow: Int
+}
+
+/// The rows case, general form: outputs p (column blocks of C) × terms s (blocks of k):
+///   C_p (=, or += when accumulating) Σ_s A_s · op(B_{s,p})
+/// with either one term (several outputs: `skinnyProducts`, `skinnyGemm`) or one output (several
+/// terms: `skinnySumOfProducts`); `outputs[p].b` is B for one term, `terms[s].b` for one output.
+private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accumulate: Bool) {
+    precondition(terms.count == 1 || outputs.count == 1, "rowsCase: several terms and several outputs at once")
+    let kTotal = terms.reduce(0) { $0 + $1.k }
+    // Panels: each output's columns in blocks of 64, the last of an output possibly narrower.
+    var panels: [RowsPanel] = [], floats = 0, slots = 0
+    for output in outputs {
+        var j0 = 0
+        while j0 < output.n {
+            let valid = Swift.min(64, output.n - j0), width = (valid + 15) / 16 * 16
+            panels.append(RowsPanel(offset: floats, width: width, valid: valid, c: SendablePointer(output.c + j0), ldc: output.ldc,
+                                    scratchSlot: width == valid ? nil : slots))
+            if width != valid { slots += 1 }
+            floats += kTotal * width
+            j0 += 64
+        }
+    }
+    // Pack op(B) once per call. Read in place, a panel's rows would be n floats apart, and with n a
+    // multiple of 128 they fall into a few L1 sets (n = 512: 8 of 64) and evict one another.
+    let packed = ScratchBuffer(count: floats, zeroed: false)
+    var rowTerms: [RowsTerm] = [], packedRow = 0
+    for term in terms {
+        rowTerms.append(RowsTerm(a: SendablePointer(UnsafeMutablePointer(mutating: term.a)), lda: term.lda, k: term.k, packedRow: packedRow))
+        packedRow += term.k
+    }
+    var p = 0
+    for output in outputs {
+        var j0 = 0
+        while j0 < output.n {
+            let panel = panels[p]
+            for (s, term) in terms.enumerated() {
+                let b = outputs.count == 1 ? term : SkinnyTerm(a: term.a, lda: term.lda, b: output.b, ldb: output.ldb, transB: output.transB, k: term.k)
+                packPanel(b.b, transposed: b.transB, ld: b.ldb, rows: term.k, columns: j0, valid: panel.valid, width: panel.width,
+                          into: packed.pointer + panel.offset + rowTerms[s].packedRow * panel.width)
+            }
+            p += 1
+            j0 += 64
+        }
+    }
+    let pb = SendablePointer(packed.pointer)
+    let rowBlocks = (m + 5) / 6
+    let groupBlocks = 8, groupRows = 6 * groupBlocks, chunk = 128
+    ZooThreads.parallelFor(rowBlocks) { blocks in
+        // Padded panels collect a row group's results here (64 columns per slot), then copy out.
+        let scratch = slots > 0 ? ScratchBuffer(count: slots * groupRows * 64, zeroed: false) : nil
+        var g0 = blocks.lowerBound
+        while g0 < blocks.upperBound {
+            let r0 = g0 * 6, r1 = Swift.min(m, Swift.min(blocks.upperBound, g0 + groupBlocks) * 6)
+            var first = true
+            for term in rowTerms {
+                var k0 = 0
+                while k0 < term.k {
+                    let kc = Swift.min(chunk, term.k - k0)
+                    for panel in panels {
+                        let b = pb.pointer + panel.offset + (term.packedRow + k0) * panel.width
+                        if let slot = panel.scratchSlot, let scratch {
+                            tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
+                                         b: b, ldb: panel.width, c: scratch.pointer + slot * groupRows * 64, ldc: 64, accumulate: !first)
+                        } else {
+                            tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
+                                         b: b, ldb: panel.width, c: panel.c.pointer + r0 * panel.ldc, ldc: panel.ldc,
+                                         accumulate: accumulate || !first)
+                        }
+                    }
+                    first = false
+                    k0 += kc
+                }
+            }
+            if let scratch {
+                for panel in panels {
+                    guard let slot = panel.scratchSlot else { continue }
+                    let tile = scratch.pointer + slot * groupRows * 64
+                    for r in 0..<(r1 - r0) {
+                        let src = tile + r * 64, dst = panel.c.pointer + (r0 + r) * panel.ldc
+                        if accumulate { for j in 0..<panel.valid { dst[j] += src[j] } }
+                        else { dst.update(from: src, count: panel.valid) }
+                    }
+                }
+            }
+            g0 += groupBlocks
+        }
+        withExtendedLifetime(scratch) {}
+    }
+    withExtendedLifetime(packed) {}
+}
+
+/// Columns j0 ..< j0 + valid of op(B) [rows, ·] into a panel [rows, width] (rows `width` apart),
+/// zeros in columns valid ..< width. B is [rows, n] (`transposed` false) or [n, rows] (true).
+private func packPanel(_ b: UnsafePointer<Float>, transposed: Bool, ld: Int, rows: Int, columns j0: Int, valid: Int, width: Int,
+                       into panel: UnsafeMutablePointer<Float>) {
+    if transposed {
+        // Column j of op(B) is row j of B; going 16 along k at a time keeps the lines of the
+        // panel's 64 source rows in L1 while they are read.
+        var p0 = 0
+        while p0 < rows {
+            let p1 = Swift.min(rows, p0 + 16)
+            for j in 0..<valid {
+                let row = b + (j0 + j) * ld
+                for p in p0..<p1 { panel[p * width + j] = row[p] }
+            }
+            p0 = p1
+        }
+    } else {
+        for p in 0..<rows { (panel + p * width).update(from: b + p * ld + j0, count: valid) }
+    }
+    if width > valid { for p in 0..<rows { (panel + p * width + valid).update(repeating: 0, count: width - valid) } }
+}
+
+// MARK: - Inner case
+
+private func innerCase(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                       accumulate: Bool, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    let pa = SendablePointer(UnsafeMutablePointer(mutating: a)), pc = SendablePointer(c)
+    let rowBlocks = (m + 5) / 6
     // Inner case: the workers split C by 64-column panels (by rows when there is one panel), and
     // per chunk of 128 tokens each copies its columns of B's chunk into panels (32 KB each: one
     // stays in L1 while all row blocks of C pass over it). Aᵀ is read in place (row r of Aᵀ starts
@@ -98,7 +261,7 @@ public func skinnyGemm(
         var k0 = 0
         while k0 < k {
             let kc = Swift.min(chunk, k - k0)
-            packPanels(pb.pointer + k0 * ldb + c0, transposed: false, k: kc, n: width, ld: ldb, into: panels.pointer)
+            packPanels(pb.pointer + k0 * ldb + c0, k: kc, n: width, ld: ldb, into: panels.pointer)
             var j = 0
             while j < width {
                 let w = Swift.min(64, width - j)
@@ -121,28 +284,13 @@ public func skinnyGemm(
     }
 }
 
-/// op(B) [k, n] into panels of 64 columns (the last `n % 64` wide), panel p at dst + 64·p·k as
-/// [k, width]. B is [k, n] (`transposed` false) or [n, k] (true), rows `ld` apart.
-func packPanels(_ b: UnsafePointer<Float>, transposed: Bool, k: Int, n: Int, ld: Int, into dst: UnsafeMutablePointer<Float>) {
+/// B [k, n] (rows `ld` apart, n a multiple of 16) into panels of 64 columns (the last `n % 64`
+/// wide), panel p at dst + 64·p·k as [k, width].
+private func packPanels(_ b: UnsafePointer<Float>, k: Int, n: Int, ld: Int, into dst: UnsafeMutablePointer<Float>) {
     var j0 = 0
     while j0 < n {
         let width = Swift.min(64, n - j0)
-        let panel = dst + j0 * k
-        if transposed {
-            // Column j of op(B) is row j of B; going 16 along k at a time keeps the lines of the
-            // panel's 64 source rows in L1 while they are read.
-            var p0 = 0
-            while p0 < k {
-                let p1 = Swift.min(k, p0 + 16)
-                for j in j0 ..< j0 + width {
-                    let row = b + j * ld
-                    for p in p0..<p1 { panel[p * width + (j - j0)] = row[p] }
-                }
-                p0 = p1
-            }
-        } else {
-            for p in 0..<k { (panel + p * width).update(from: b + p * ld + j0, count: width) }
-        }
+        packPanel(b, transposed: false, ld: ld, rows: k, columns: j0, valid: width, width: width, into: dst + j0 * k)
         j0 += width
     }
 }

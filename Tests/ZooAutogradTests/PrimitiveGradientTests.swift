@@ -236,3 +236,73 @@ func referenceProduct(_ a: [Double], _ b: [Double], m: Int, n: Int, k: Int, tran
         #expect(x.grad?.scalars == (x.value * 16).scalars)   // Σ y·h = Σ 8x², so 16x
     }
 }
+
+/// `projections` (several row blocks of weights applied to one input as one node).
+@Suite struct ProjectionGradients {
+    @Test func gradientsMatchFiniteDifferences() {
+        // Small: the separate-products path. One weight cut in two, a second weight of which only
+        // rows 1..<3 are used (row 0 must get a zero gradient).
+        let x = randomTensor([2, 3, 4], seed: 31), w0 = randomTensor([5, 4], seed: 32), w1 = randomTensor([3, 4], seed: 33)
+        let result = gradientCheck([x, w0, w1], function: { v in
+            let parts = projections(v[0], [(v[1], 0..<2), (v[1], 2..<5), (v[2], 1..<3)])
+            return Variable.concatenate(parts, axis: 2)
+        }, reference: { v in
+            var out: [Double] = []
+            for t in 0..<6 {
+                let xt = Array(v[0][(t * 4)..<(t * 4 + 4)])
+                for (w, rows) in [(v[1], 0..<5), (v[2], 1..<3)] {
+                    for r in rows { out.append((0..<4).reduce(0) { $0 + xt[$1] * w[r * 4 + $1] }) }
+                }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "projections: \(result)")
+    }
+
+    /// At a model's shape (300 tokens) the node runs on the skinny GEMM's several-outputs and
+    /// sum-of-products paths; values and gradients against Double, with one part left unused.
+    @Test func skinnyPathMatchesTheDoubleReference() {
+        let (tokens, inFeatures) = (300, 24)
+        let x = Variable(randomTensor([2, 150, inFeatures], seed: 41), requiresGrad: true)
+        let w0 = Variable(randomTensor([44, inFeatures], seed: 42), requiresGrad: true)
+        let w1 = Variable(randomTensor([32, inFeatures], seed: 43), requiresGrad: true)
+        let parts: [(weight: Variable, rows: Range<Int>)] = [(w0, 0..<16), (w0, 16..<40), (w0, 40..<44), (w1, 0..<32)]
+        #expect(skinnyProductsApply(m: tokens, k: inFeatures, widths: parts.map(\.rows.count)))
+        let ys = projections(x, parts)
+        // L = Σ_p Σ y_p ⊙ G_p over the parts used (part 2 unused: rows 40..<44 of w0 get zero).
+        let used = [0, 1, 3]
+        let upstream = parts.indices.map { randomTensor([2, 150, parts[$0].rows.count], seed: 50 + UInt64($0)) }
+        var loss: Variable? = nil
+        for p in used {
+            let term = (ys[p] * Variable(upstream[p])).sum()
+            loss = loss.map { $0 + term } ?? term
+        }
+        loss!.backward()
+
+        let (xd, w0d, w1d) = (x.value.doubles, w0.value.doubles, w1.value.doubles)
+        var dx = [Double](repeating: 0, count: tokens * inFeatures)
+        var dw0 = [Double](repeating: 0, count: 44 * inFeatures), dw1 = [Double](repeating: 0, count: 32 * inFeatures)
+        for (p, part) in parts.enumerated() {
+            let (w, isFirst) = part.weight === w0 ? (w0d, true) : (w1d, false)
+            let g = upstream[p].doubles, n = part.rows.count
+            let y = ys[p].value.scalars
+            var want = [Double](repeating: 0, count: tokens * n)
+            for t in 0..<tokens { for (j, r) in part.rows.enumerated() {
+                for c in 0..<inFeatures { want[t * n + j] += xd[t * inFeatures + c] * w[r * inFeatures + c] }
+            } }
+            expectClose(y, want, tolerance: 2e-6, "projections: part \(p) forward")
+            guard used.contains(p) else { continue }
+            for t in 0..<tokens { for (j, r) in part.rows.enumerated() {
+                let gv = g[t * n + j]
+                for c in 0..<inFeatures {
+                    dx[t * inFeatures + c] += gv * w[r * inFeatures + c]
+                    if isFirst { dw0[r * inFeatures + c] += gv * xd[t * inFeatures + c] } else { dw1[r * inFeatures + c] += gv * xd[t * inFeatures + c] }
+                }
+            } }
+        }
+        expectClose(x.grad!.scalars, dx, tolerance: 2e-6, "projections: input gradient")
+        expectClose(w0.grad!.scalars, dw0, tolerance: 1e-5, "projections: gradient of the weight cut in three")
+        expectClose(w1.grad!.scalars, dw1, tolerance: 1e-5, "projections: gradient of the whole weight")
+        #expect(w0.grad!.slice(axis: 0, 40..<44).scalars.allSatisfy { $0 == 0 }, "projections: rows of an unused part must get zero")
+    }
+}

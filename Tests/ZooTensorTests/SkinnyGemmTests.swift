@@ -40,6 +40,8 @@ import ZooTestSupport
         // (transB, m, n, k): activations × weight, rows case
         (true, 256, 128, 128), (true, 301, 80, 37), (false, 259, 64, 300), (false, 264, 1024, 1),
         (true, 1000, 16, 129), (false, 257, 208, 1024),
+        // n not a multiple of 16: the last panel padded (Mamba-2's in_proj 644, Mamba's x_proj 40)
+        (true, 300, 644, 128), (false, 262, 40, 256), (true, 256, 17, 5), (false, 263, 100, 130),
     ])
     func rowsCaseMatchesTheReference(transB: Bool, m: Int, n: Int, k: Int) {
         for beta: Float in [0, 1] {
@@ -80,7 +82,9 @@ import ZooTestSupport
         #expect(skinnyGemmApplies(transA: false, transB: false, m: 4096, n: 128, k: 512, alpha: 1, beta: 0))
         #expect(skinnyGemmApplies(transA: true, transB: false, m: 512, n: 128, k: 4096, alpha: 1, beta: 1))
         // Everything else stays with OpenBLAS.
-        #expect(!skinnyGemmApplies(transA: false, transB: true, m: 4096, n: 40, k: 256, alpha: 1, beta: 0))   // n % 16
+        #expect(skinnyGemmApplies(transA: false, transB: true, m: 4096, n: 644, k: 128, alpha: 1, beta: 0))   // padded panel
+        #expect(!skinnyGemmApplies(transA: false, transB: true, m: 4096, n: 8, k: 256, alpha: 1, beta: 0))    // n < 16
+        #expect(!skinnyGemmApplies(transA: true, transB: false, m: 256, n: 40, k: 4096, alpha: 1, beta: 0))   // inner: n % 16
         #expect(!skinnyGemmApplies(transA: false, transB: false, m: 128, n: 128, k: 128, alpha: 1, beta: 0))  // few rows
         #expect(!skinnyGemmApplies(transA: false, transB: false, m: 4096, n: 2048, k: 128, alpha: 1, beta: 0)) // wide n
         #expect(!skinnyGemmApplies(transA: true, transB: true, m: 128, n: 128, k: 4096, alpha: 1, beta: 0))
@@ -96,5 +100,101 @@ import ZooTestSupport
         let skinny = Tensor.matmul(x, w, transB: true)
         let reference = referenceMatmul(x.doubles, w.doubles, m: 320, n: 48, k: 32, transA: false, transB: true)
         expectClose(skinny.scalars, reference, tolerance: 1e-6, "Tensor.matmul on the skinny path")
+    }
+
+    // MARK: several outputs, several terms
+
+    /// Random B_p for `skinnyProducts` outputs of `widths` (alternately transposed), with padded
+    /// leading dimensions; returns the results and the Double reference.
+    func runProducts(m: Int, k: Int, widths: [Int], beta: Float, seed: UInt64) -> (got: [[Float]], want: [[Double]]) {
+        let lda = k + 2
+        let a = randomTensor([m, lda], seed: seed)
+        let av = a.scalars
+        let ad = (0..<(m * k)).map { Double(av[($0 / k) * lda + $0 % k]) }
+        var bs: [Tensor] = [], cs: [Tensor] = [], befores: [[Float]] = []
+        for (p, n) in widths.enumerated() {
+            let transB = p % 2 == 0
+            bs.append(randomTensor(transB ? [n, k + 1] : [k, n + 3], seed: seed + 10 + UInt64(p)))
+            cs.append(randomTensor([m, n + 1], seed: seed + 20 + UInt64(p)))
+            befores.append(cs[p].scalars)
+        }
+        let outputs = widths.indices.map { p in
+            SkinnyOutput(b: bs[p].pointer, ldb: bs[p].shape[1], transB: p % 2 == 0, n: widths[p], c: cs[p].mutablePointer(), ldc: widths[p] + 1)
+        }
+        skinnyProducts(m: m, k: k, a: a.pointer, lda: lda, outputs: outputs, beta: beta)
+        var got: [[Float]] = [], want: [[Double]] = []
+        for (p, n) in widths.enumerated() {
+            let transB = p % 2 == 0, ldb = bs[p].shape[1], bv = bs[p].scalars
+            let rows = transB ? n : k, cols = transB ? k : n
+            let bd = (0..<(rows * cols)).map { Double(bv[($0 / cols) * ldb + $0 % cols]) }
+            var w = referenceMatmul(ad, bd, m: m, n: n, k: k, transA: false, transB: transB)
+            if beta == 1 { for i in 0..<(m * n) { w[i] += Double(befores[p][(i / n) * (n + 1) + i % n]) } }
+            let after = cs[p].scalars
+            got.append((0..<(m * n)).map { after[($0 / n) * (n + 1) + $0 % n] })
+            want.append(w)
+            #expect((0..<m).allSatisfy { after[$0 * (n + 1) + n] == befores[p][$0 * (n + 1) + n] }, "output \(p): wrote into its padding")
+        }
+        return (got, want)
+    }
+
+    @Test(arguments: [
+        // (m, k, widths): attention's q, k, v; Mamba-2's z, xBC, dt; Mamba's dt, B, C
+        (300, 128, [128, 128, 128]), (257, 128, [256, 384, 4]), (262, 256, [8, 16, 16]), (256, 200, [20]),
+    ])
+    func severalOutputsMatchTheReference(m: Int, k: Int, widths: [Int]) {
+        for beta: Float in [0, 1] {
+            let r = runProducts(m: m, k: k, widths: widths, beta: beta, seed: UInt64(m + k))
+            for p in widths.indices {
+                expectClose(r.got[p], r.want[p], tolerance: floatSumTolerance(k), "skinnyProducts output \(p) of \(widths), beta \(beta)")
+            }
+        }
+    }
+
+    /// `skinnySumOfProducts` with terms A_s [m, k_s] · op(B_s) (alternately transposed).
+    func runSum(m: Int, n: Int, ks: [Int], beta: Float, seed: UInt64) -> (got: [Float], want: [Double]) {
+        var want = [Double](repeating: 0, count: m * n)
+        var tensors: [Tensor] = []
+        var terms: [SkinnyTerm] = []
+        for (s, k) in ks.enumerated() {
+            let transB = s % 2 == 1
+            let a = randomTensor([m, k + 1], seed: seed + UInt64(s)), b = randomTensor(transB ? [n, k + 2] : [k, n + 2], seed: seed + 50 + UInt64(s))
+            tensors += [a, b]
+            terms.append(SkinnyTerm(a: a.pointer, lda: k + 1, b: b.pointer, ldb: b.shape[1], transB: transB, k: k))
+            let (av, bv) = (a.scalars, b.scalars)
+            let ad = (0..<(m * k)).map { Double(av[($0 / k) * (k + 1) + $0 % k]) }
+            let rows = transB ? n : k, cols = transB ? k : n
+            let bd = (0..<(rows * cols)).map { Double(bv[($0 / cols) * b.shape[1] + $0 % cols]) }
+            let product = referenceMatmul(ad, bd, m: m, n: n, k: k, transA: false, transB: transB)
+            for i in 0..<(m * n) { want[i] += product[i] }
+        }
+        var c = randomTensor([m, n], seed: seed + 99)
+        if beta == 1 { let before = c.scalars; for i in 0..<(m * n) { want[i] += Double(before[i]) } }
+        skinnySumOfProducts(m: m, n: n, terms: terms, beta: beta, c: c.mutablePointer(), ldc: n)
+        withExtendedLifetime(tensors) {}
+        return (c.scalars, want)
+    }
+
+    @Test(arguments: [
+        // (m, n, ks): the input gradient of attention's q, k, v; of Mamba-2's in_proj; of Mamba's x_proj
+        (300, 128, [128, 128, 128]), (259, 128, [256, 384, 4]), (256, 256, [8, 16, 16]), (270, 40, [300, 5]),
+    ])
+    func sumOfProductsMatchesTheReference(m: Int, n: Int, ks: [Int]) {
+        for beta: Float in [0, 1] {
+            let r = runSum(m: m, n: n, ks: ks, beta: beta, seed: UInt64(m + n))
+            expectClose(r.got, r.want, tolerance: floatSumTolerance(ks.reduce(0, +)), "skinnySumOfProducts \(m)×\(n) over \(ks), beta \(beta)")
+        }
+    }
+
+    @Test func severalOutputsAndTermsDoNotDependOnTheThreadCount() {
+        let saved = ZooThreads.count
+        defer { ZooThreads.configure(threads: saved) }
+        var products: [[[Float]]] = [], sums: [[Float]] = []
+        for threads in [1, 2, 3] {
+            ZooThreads.configure(threads: threads)
+            products.append(runProducts(m: 517, k: 130, widths: [64, 40, 4], beta: 0, seed: 5).got)
+            sums.append(runSum(m: 517, n: 100, ks: [64, 40, 4], beta: 0, seed: 6).got)
+        }
+        #expect(products[0] == products[1] && products[1] == products[2], "skinnyProducts: thread counts disagree")
+        #expect(sums[0] == sums[1] && sums[1] == sums[2], "skinnySumOfProducts: thread counts disagree")
     }
 }
