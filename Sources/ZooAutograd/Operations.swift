@@ -192,12 +192,9 @@ public func projections(_ x: Variable, _ parts: [(weight: Variable, rows: Range<
     }
     return recordMulti(ys, inputs: [x] + distinct) { grads in
         let dx = x.requiresGrad ? Tensor.projectionInputGradient(grads, weights: weights, rows: rows, inputShape: xv.shape) : nil
-        let dws: [Tensor?] = distinct.indices.map { i in
-            guard distinct[i].requiresGrad else { return nil }
-            let mine = parts.indices.filter { owner[$0] == i }
-            if mine.allSatisfy({ grads[$0] == nil }) { return nil }
-            return Tensor.projectionWeightGradient(mine.map { (grads[$0], rows[$0]) }, x: xv, weightShape: weights[mine[0]].shape)
-        }
+        // Only the parts of weights that want a gradient.
+        let wanted = grads.indices.map { distinct[owner[$0]].requiresGrad ? grads[$0] : nil }
+        let dws = Tensor.projectionWeightGradients(wanted, x: xv, rows: rows, owners: owner, weightShapes: distinct.map(\.shape))
         return [dx] + dws
     }
 }

@@ -150,9 +150,9 @@ public struct LogLinearMamba2Mixer: Mixer {
         precondition(x.rank == 3 && x.shape[2] == m.dModel, "loglinear_mamba2 mixer: input \(describe(x.shape)) is not [B, T, \(m.dModel)]")
         let (b, t) = (x.shape[0], x.shape[1])
         checkLength(t, "forward")
-        let parts = m.inputProjection.split(x, sizes: m.splitSizes)
-        let (z, dt) = (parts[0], parts[2])
-        let xbc = m.conv(parts[1]).silu().split(axis: 2, sizes: m.xbcSizes)
+        let parts = m.inputProjection.split(x, sizes: m.projectionSizes)  // z, x, B, C, dt
+        let (z, dt) = (parts[0], parts[4])
+        let xbc = m.conv.split(Array(parts[1...3])).map { $0.silu() }
         let kernel = LogLinearFunction(options: options)
         let y = kernel([xbc[0].reshaped([b, t, m.heads, m.headDim]), dt, -m.logA.exp(),
                         xbc[1].reshaped([b, t, m.groups, m.stateSize]), xbc[2].reshaped([b, t, m.groups, m.stateSize]),

@@ -168,13 +168,16 @@ public struct Mamba2Mixer: Mixer {
     var ssdOptions: SSDOptions { SSDOptions(chunkSize: config.chunk) }
     var splitSizes: [Int] { [innerWidth, conv.channels, heads] }
     var xbcSizes: [Int] { [innerWidth, groups * stateSize, groups * stateSize] }
+    /// in_proj's output cut into z, x, B, C and dt (xBC in its three pieces: the convolution is
+    /// depthwise, so it runs on them apart and nothing is split after it).
+    var projectionSizes: [Int] { [innerWidth] + xbcSizes + [heads] }
 
     public func callAsFunction(_ x: Variable) -> Variable {
         precondition(x.rank == 3 && x.shape[2] == dModel, "mamba2 mixer: input \(describe(x.shape)) is not [B, T, \(dModel)]")
         let (b, t) = (x.shape[0], x.shape[1])
-        let parts = inputProjection.split(x, sizes: splitSizes)      // z, xBC, dt, each its own tensor
-        let (z, dt) = (parts[0], parts[2])
-        let xbc = conv(parts[1]).silu().split(axis: 2, sizes: xbcSizes)
+        let parts = inputProjection.split(x, sizes: projectionSizes)      // z, x, B, C, dt: each its own tensor
+        let (z, dt) = (parts[0], parts[4])
+        let xbc = conv.split(Array(parts[1...3])).map { $0.silu() }
         let ssd = SSDFunction(options: ssdOptions)
         let y = ssd([xbc[0].reshaped([b, t, heads, headDim]), dt, -logA.exp(),
                      xbc[1].reshaped([b, t, groups, stateSize]), xbc[2].reshaped([b, t, groups, stateSize]), skip, dtBias])[0]

@@ -49,6 +49,22 @@ public struct CausalConv1d: Module {
         }
     }
 
+    /// The convolution of an input given as channel blocks, each its own [B, T, C_p] tensor (the
+    /// blocks in channel order, C_p adding up to C): the outputs are `self(concatenated)` cut the
+    /// same way. The convolution is depthwise, so each block needs only its channels' weights
+    /// (slices of the parameters, which collect the blocks' gradients); nothing is joined or split.
+    public func split(_ parts: [Variable]) -> [Variable] {
+        precondition(parts.allSatisfy { $0.rank == 3 } && parts.map { $0.shape[2] }.reduce(0, +) == channels,
+                     "CausalConv1d.split: blocks \(parts.map { describe($0.shape) }) do not add up to \(channels) channels")
+        var start = 0
+        return parts.map { part in
+            let range = start ..< start + part.shape[2]
+            start = range.upperBound
+            if range.count == channels { return self(part) }
+            return CausalConv1d(sharing: weight.slice(axis: 0, range), bias: bias?.slice(axis: 0, range))(part)
+        }
+    }
+
     /// A zero state for `batch` sequences: [B, C, k−1].
     public func initialState(batch: Int) -> Tensor { .zeros([batch, channels, kernelSize - 1]) }
 

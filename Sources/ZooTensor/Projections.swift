@@ -65,23 +65,44 @@ extension Tensor {
         return dx
     }
 
-    /// The gradient of one weight [out, in] used by the given parts: rows r of each part get
-    /// dy_pᵀ · x (dy_p [..., |r|]); rows no part covers (or whose part got no gradient) are zero.
-    public static func projectionWeightGradient(_ parts: [(dy: Tensor?, rows: Range<Int>)], x: Tensor, weightShape: [Int]) -> Tensor {
-        precondition(weightShape.count == 2 && x.shape.last == weightShape[1],
-                     "Tensor.projectionWeightGradient: input \(describe(x.shape)) and weight \(describe(weightShape)) disagree")
-        let inFeatures = weightShape[1], tokens = x.count / Swift.max(inFeatures, 1)
-        var covered = [Bool](repeating: false, count: weightShape[0])
-        for part in parts where part.dy != nil { for r in part.rows { covered[r] = true } }
-        var dw = covered.allSatisfy({ $0 }) ? Tensor(uninitializedShape: weightShape) : Tensor.zeros(weightShape)
-        let pw = dw.mutablePointer()
-        for part in parts {
-            guard let dy = part.dy, !part.rows.isEmpty else { continue }
-            precondition(dy.count == tokens * part.rows.count, "Tensor.projectionWeightGradient: gradient \(describe(dy.shape)) for \(part.rows.count) rows")
-            parallelGemm(transA: true, m: part.rows.count, n: inFeatures, k: tokens, a: dy.pointer, b: x.pointer,
-                         c: pw + part.rows.lowerBound * inFeatures)
+    /// The weights' gradients: weight w (shape `weightShapes[w]`, [out, in]) gets, in the rows
+    /// r_p of each part p with `owners[p] == w`, dy_pᵀ · x; rows no part covers (or whose part got
+    /// no gradient) are zero, and a weight none of whose parts got a gradient gets nil. One pass
+    /// over x for all parts (`skinnyTransposedProducts`) where the skinny GEMM takes the shape.
+    public static func projectionWeightGradients(_ dys: [Tensor?], x: Tensor, rows: [Range<Int>], owners: [Int],
+                                                 weightShapes: [[Int]]) -> [Tensor?] {
+        precondition(dys.count == rows.count && owners.count == rows.count && owners.allSatisfy { weightShapes.indices.contains($0) },
+                     "Tensor.projectionWeightGradients: \(dys.count) gradients, \(rows.count) row ranges, owners \(owners) of \(weightShapes.count) weights")
+        let inFeatures = x.shape.last ?? 0, tokens = x.count / Swift.max(inFeatures, 1)
+        var covered = weightShapes.map { [Bool](repeating: false, count: $0[0]) }
+        for p in rows.indices where dys[p] != nil {
+            precondition(weightShapes[owners[p]].count == 2 && weightShapes[owners[p]][1] == inFeatures && rows[p].upperBound <= weightShapes[owners[p]][0],
+                         "Tensor.projectionWeightGradients: rows \(rows[p]) of weight \(describe(weightShapes[owners[p]])) do not fit input \(describe(x.shape))")
+            precondition(dys[p]!.count == tokens * rows[p].count, "Tensor.projectionWeightGradients: gradient \(describe(dys[p]!.shape)) for \(rows[p].count) rows")
+            for r in rows[p] { covered[owners[p]][r] = true }
         }
-        return dw
+        var grads: [Tensor?] = weightShapes.indices.map { w in
+            let used = rows.indices.contains { owners[$0] == w && dys[$0] != nil }
+            if !used { return nil }
+            return covered[w].allSatisfy { $0 } ? Tensor(uninitializedShape: weightShapes[w]) : Tensor.zeros(weightShapes[w])
+        }
+        let pointers = grads.indices.map { grads[$0] == nil ? nil : grads[$0]!.mutablePointer() }
+        var parts: [SkinnyTransposedPart] = []
+        for p in rows.indices {
+            guard let dy = dys[p], !rows[p].isEmpty, let pw = pointers[owners[p]] else { continue }
+            parts.append(SkinnyTransposedPart(a: dy.pointer, lda: rows[p].count, m: rows[p].count,
+                                              c: pw + rows[p].lowerBound * inFeatures, ldc: inFeatures))
+        }
+        if parts.isEmpty { return grads }
+        if skinnyTransposedProductsApply(n: inFeatures, k: tokens, rows: parts.map(\.m)) {
+            skinnyTransposedProducts(n: inFeatures, k: tokens, b: x.pointer, ldb: inFeatures, parts: parts, beta: 0)
+        } else {
+            for part in parts {
+                parallelGemm(transA: true, m: part.m, n: inFeatures, k: tokens, a: part.a, b: x.pointer, c: part.c)
+            }
+        }
+        withExtendedLifetime(dys) {}
+        return grads
     }
 
     private static func projectionShape(_ x: Tensor, weights: [Tensor], rows: [Range<Int>], _ caller: String) -> (tokens: Int, inFeatures: Int) {

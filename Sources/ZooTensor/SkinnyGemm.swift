@@ -243,43 +243,88 @@ private func packPanel(_ b: UnsafePointer<Float>, transposed: Bool, ld: Int, row
 
 // MARK: - Inner case
 
+/// One part of `skinnyTransposedProducts`: C [m, n] (rows `ldc` apart) = A [k, m]ᵀ · B, A's rows
+/// `lda` apart.
+public struct SkinnyTransposedPart {
+    public var a: UnsafePointer<Float>, lda: Int, m: Int, c: UnsafeMutablePointer<Float>, ldc: Int
+    public init(a: UnsafePointer<Float>, lda: Int, m: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        (self.a, self.lda, self.m, self.c, self.ldc) = (a, lda, m, c, ldc)
+    }
+}
+
+/// Whether `skinnyTransposedProducts` takes parts of `rows` rows each with B [k, n].
+public func skinnyTransposedProductsApply(n: Int, k: Int, rows: [Int]) -> Bool {
+    GemmPolicy.useSkinny && k >= 256 && n > 0 && n % 16 == 0 && n <= 1024 && !rows.isEmpty && rows.allSatisfy { $0 > 0 && $0 <= 1024 }
+}
+
+/// Several inner-case products sharing B, in one pass over it: C_p = A_pᵀ · B (beta 0) or
+/// C_p += A_pᵀ · B (beta 1), B [k, n]. The weight gradients of several projections of one input
+/// (dW_p = dY_pᵀ · x): each chunk of x is copied once for all of them. Requires
+/// `skinnyTransposedProductsApply`.
+public func skinnyTransposedProducts(n: Int, k: Int, b: UnsafePointer<Float>, ldb: Int, parts: [SkinnyTransposedPart], beta: Float) {
+    precondition(skinnyTransposedProductsApply(n: n, k: k, rows: parts.map(\.m)) && (beta == 0 || beta == 1),
+                 "skinnyTransposedProducts: B \(k)×\(n) with parts of \(parts.map(\.m)) rows, beta \(beta) is not a shape it takes")
+    innerCase(parts: parts, n: n, k: k, b: b, ldb: ldb, accumulate: beta == 1)
+}
+
 private func innerCase(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                        accumulate: Bool, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    let pa = SendablePointer(UnsafeMutablePointer(mutating: a)), pc = SendablePointer(c)
-    let rowBlocks = (m + 5) / 6
-    // Inner case: the workers split C by 64-column panels (by rows when there is one panel), and
-    // per chunk of 128 tokens each copies its columns of B's chunk into panels (32 KB each: one
-    // stays in L1 while all row blocks of C pass over it). Aᵀ is read in place (row r of Aᵀ starts
-    // at a + r and steps lda). Splitting by columns, no worker copies what another copies; the
-    // per-element arithmetic is the same either way (same 6-row groups, panels and chunks).
+    innerCase(parts: [SkinnyTransposedPart(a: a, lda: lda, m: m, c: c, ldc: ldc)], n: n, k: k, b: b, ldb: ldb, accumulate: accumulate)
+}
+
+/// A part's rows of A and C, and its first 6-row block in the numbering of all parts' blocks.
+private struct InnerPart: Sendable {
+    let a: SendablePointer<Float>, lda: Int, m: Int, c: SendablePointer<Float>, ldc: Int, firstBlock: Int
+}
+
+private func innerCase(parts: [SkinnyTransposedPart], n: Int, k: Int, b: UnsafePointer<Float>, ldb: Int, accumulate: Bool) {
+    // The workers split C by 64-column panels (by rows when there is one panel), and per chunk of
+    // 128 tokens each copies its columns of B's chunk into panels (32 KB each: one stays in L1
+    // while all row blocks of every part's C pass over it). Aᵀ is read in place (row r of Aᵀ
+    // starts at a + r and steps lda). Splitting by columns, no worker copies what another copies;
+    // the per-element arithmetic is the same either way (same 6-row groups, panels and chunks).
+    var innerParts: [InnerPart] = [], blocks = 0
+    for part in parts {
+        innerParts.append(InnerPart(a: SendablePointer(UnsafeMutablePointer(mutating: part.a)), lda: part.lda, m: part.m,
+                                    c: SendablePointer(part.c), ldc: part.ldc, firstBlock: blocks))
+        blocks += (part.m + 5) / 6
+    }
+    let totalBlocks = blocks
     let pb = SendablePointer(UnsafeMutablePointer(mutating: b))
     let chunk = 128
     let panelCount = (n + 63) / 64
-    func accumulateInto(rows r0: Int, _ r1: Int, columns c0: Int, _ c1: Int) {
+    /// Row blocks `blockRange` (numbered over all parts) × columns c0 ..< c1 of every C_p.
+    func accumulateInto(blocks blockRange: Range<Int>, columns c0: Int, _ c1: Int) {
         let width = c1 - c0
         let panels = ScratchBuffer(count: chunk * width, zeroed: false)
         var k0 = 0
         while k0 < k {
             let kc = Swift.min(chunk, k - k0)
             packPanels(pb.pointer + k0 * ldb + c0, k: kc, n: width, ld: ldb, into: panels.pointer)
-            var j = 0
-            while j < width {
-                let w = Swift.min(64, width - j)
-                tileMultiply(m: r1 - r0, n: w, k: kc, a: pa.pointer + k0 * lda + r0, aRowStride: 1, aStep: lda,
-                             b: panels.pointer + j * kc, ldb: w, c: pc.pointer + r0 * ldc + c0 + j, ldc: ldc,
-                             accumulate: accumulate || k0 > 0)
-                j += w
+            for part in innerParts {
+                let partBlocks = part.firstBlock ..< part.firstBlock + (part.m + 5) / 6
+                let mine = partBlocks.clamped(to: blockRange)
+                if mine.isEmpty { continue }
+                let r0 = (mine.lowerBound - part.firstBlock) * 6, r1 = Swift.min(part.m, (mine.upperBound - part.firstBlock) * 6)
+                var j = 0
+                while j < width {
+                    let w = Swift.min(64, width - j)
+                    tileMultiply(m: r1 - r0, n: w, k: kc, a: part.a.pointer + k0 * part.lda + r0, aRowStride: 1, aStep: part.lda,
+                                 b: panels.pointer + j * kc, ldb: w, c: part.c.pointer + r0 * part.ldc + c0 + j, ldc: part.ldc,
+                                 accumulate: accumulate || k0 > 0)
+                    j += w
+                }
             }
             k0 += kc
         }
     }
     if panelCount >= 2 {
         ZooThreads.parallelFor(panelCount) { panels in
-            accumulateInto(rows: 0, m, columns: panels.lowerBound * 64, Swift.min(n, panels.upperBound * 64))
+            accumulateInto(blocks: 0 ..< totalBlocks, columns: panels.lowerBound * 64, Swift.min(n, panels.upperBound * 64))
         }
     } else {
-        ZooThreads.parallelFor(rowBlocks) { blocks in
-            accumulateInto(rows: blocks.lowerBound * 6, Swift.min(m, blocks.upperBound * 6), columns: 0, n)
+        ZooThreads.parallelFor(totalBlocks) { blocks in
+            accumulateInto(blocks: blocks, columns: 0, n)
         }
     }
 }

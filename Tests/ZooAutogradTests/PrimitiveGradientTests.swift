@@ -259,15 +259,17 @@ func referenceProduct(_ a: [Double], _ b: [Double], m: Int, n: Int, k: Int, tran
         #expect(result.worst < 2e-5, "projections: \(result)")
     }
 
-    /// At a model's shape (300 tokens) the node runs on the skinny GEMM's several-outputs and
-    /// sum-of-products paths; values and gradients against Double, with one part left unused.
+    /// At a model's shape (300 tokens) the node runs on the skinny GEMM's several-outputs,
+    /// sum-of-products and several-transposed-products paths; values and gradients against Double, with one part left unused.
     @Test func skinnyPathMatchesTheDoubleReference() {
-        let (tokens, inFeatures) = (300, 24)
+        let (tokens, inFeatures) = (300, 32)
         let x = Variable(randomTensor([2, 150, inFeatures], seed: 41), requiresGrad: true)
         let w0 = Variable(randomTensor([44, inFeatures], seed: 42), requiresGrad: true)
         let w1 = Variable(randomTensor([32, inFeatures], seed: 43), requiresGrad: true)
         let parts: [(weight: Variable, rows: Range<Int>)] = [(w0, 0..<16), (w0, 16..<40), (w0, 40..<44), (w1, 0..<32)]
         #expect(skinnyProductsApply(m: tokens, k: inFeatures, widths: parts.map(\.rows.count)))
+        #expect(skinnySumOfProductsApplies(m: tokens, n: inFeatures, ks: parts.map(\.rows.count)))
+        #expect(skinnyTransposedProductsApply(n: inFeatures, k: tokens, rows: parts.map(\.rows.count)))
         let ys = projections(x, parts)
         // L = Σ_p Σ y_p ⊙ G_p over the parts used (part 2 unused: rows 40..<44 of w0 get zero).
         let used = [0, 1, 3]

@@ -185,16 +185,63 @@ import ZooTestSupport
         }
     }
 
+    /// `skinnyTransposedProducts`: parts C_p = A_pᵀ · B sharing B [k, n].
+    func runTransposed(n: Int, k: Int, rows: [Int], beta: Float, seed: UInt64) -> (got: [[Float]], want: [[Double]]) {
+        let b = randomTensor([k, n + 4], seed: seed)
+        let bv = b.scalars
+        let bd = (0..<(k * n)).map { Double(bv[($0 / n) * (n + 4) + $0 % n]) }
+        var tensors: [Tensor] = [], cs: [Tensor] = [], befores: [[Float]] = [], parts: [SkinnyTransposedPart] = []
+        for (p, m) in rows.enumerated() {
+            tensors.append(randomTensor([k, m + 1], seed: seed + 1 + UInt64(p)))
+            cs.append(randomTensor([m, n + 2], seed: seed + 30 + UInt64(p)))
+            befores.append(cs[p].scalars)
+        }
+        for p in rows.indices {
+            parts.append(SkinnyTransposedPart(a: tensors[p].pointer, lda: rows[p] + 1, m: rows[p], c: cs[p].mutablePointer(), ldc: n + 2))
+        }
+        skinnyTransposedProducts(n: n, k: k, b: b.pointer, ldb: n + 4, parts: parts, beta: beta)
+        var got: [[Float]] = [], want: [[Double]] = []
+        for (p, m) in rows.enumerated() {
+            let av = tensors[p].scalars
+            let ad = (0..<(k * m)).map { Double(av[($0 / m) * (m + 1) + $0 % m]) }
+            var w = referenceMatmul(ad, bd, m: m, n: n, k: k, transA: true, transB: false)
+            if beta == 1 { for i in 0..<(m * n) { w[i] += Double(befores[p][(i / n) * (n + 2) + i % n]) } }
+            let after = cs[p].scalars
+            got.append((0..<(m * n)).map { after[($0 / n) * (n + 2) + $0 % n] })
+            want.append(w)
+            #expect((0..<m).allSatisfy { r in (n..<(n + 2)).allSatisfy { after[r * (n + 2) + $0] == befores[p][r * (n + 2) + $0] } },
+                    "part \(p): wrote into its padding")
+        }
+        return (got, want)
+    }
+
+    @Test(arguments: [
+        // (n, k, rows): the weight gradients of Mamba-2's in_proj pieces; attention's q, k, v; one 64-wide panel
+        (128, 300, [256, 256, 64, 64, 4]), (128, 4096, [128, 128, 128]), (64, 700, [7, 1, 13]), (16, 257, [40]),
+    ])
+    func severalTransposedProductsMatchTheReference(n: Int, k: Int, rows: [Int]) {
+        for beta: Float in [0, 1] {
+            let r = runTransposed(n: n, k: k, rows: rows, beta: beta, seed: UInt64(n + k))
+            for p in rows.indices {
+                expectClose(r.got[p], r.want[p], tolerance: floatSumTolerance(k), "skinnyTransposedProducts part \(p) of \(rows), beta \(beta)")
+            }
+        }
+    }
+
     @Test func severalOutputsAndTermsDoNotDependOnTheThreadCount() {
         let saved = ZooThreads.count
         defer { ZooThreads.configure(threads: saved) }
-        var products: [[[Float]]] = [], sums: [[Float]] = []
+        var products: [[[Float]]] = [], sums: [[Float]] = [], transposed: [[[Float]]] = [], oneColumnPanel: [[[Float]]] = []
         for threads in [1, 2, 3] {
             ZooThreads.configure(threads: threads)
             products.append(runProducts(m: 517, k: 130, widths: [64, 40, 4], beta: 0, seed: 5).got)
             sums.append(runSum(m: 517, n: 100, ks: [64, 40, 4], beta: 0, seed: 6).got)
+            transposed.append(runTransposed(n: 192, k: 300, rows: [20, 7, 64], beta: 0, seed: 7).got)
+            oneColumnPanel.append(runTransposed(n: 48, k: 300, rows: [20, 7, 64], beta: 0, seed: 8).got)   // split by row blocks
         }
         #expect(products[0] == products[1] && products[1] == products[2], "skinnyProducts: thread counts disagree")
+        #expect(transposed[0] == transposed[1] && transposed[1] == transposed[2], "skinnyTransposedProducts: thread counts disagree")
+        #expect(oneColumnPanel[0] == oneColumnPanel[1] && oneColumnPanel[1] == oneColumnPanel[2], "skinnyTransposedProducts (one panel): thread counts disagree")
         #expect(sums[0] == sums[1] && sums[1] == sums[2], "skinnySumOfProducts: thread counts disagree")
     }
 }
