@@ -173,48 +173,48 @@ private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accu
         }
     }
     let pb = SendablePointer(packed.pointer)
-    let rowBlocks = (m + 5) / 6
-    let groupBlocks = 8, groupRows = 6 * groupBlocks, chunk = 128
-    ZooThreads.parallelFor(rowBlocks) { blocks in
-        // Padded panels collect a row group's results here (64 columns per slot), then copy out.
-        let scratch = slots > 0 ? ScratchBuffer(count: slots * groupRows * 64, zeroed: false) : nil
-        var g0 = blocks.lowerBound
-        while g0 < blocks.upperBound {
-            let r0 = g0 * 6, r1 = Swift.min(m, Swift.min(blocks.upperBound, g0 + groupBlocks) * 6)
-            var first = true
-            for term in rowTerms {
-                var k0 = 0
-                while k0 < term.k {
-                    let kc = Swift.min(chunk, term.k - k0)
-                    for panel in panels {
-                        let b = pb.pointer + panel.offset + (term.packedRow + k0) * panel.width
-                        if let slot = panel.scratchSlot, let scratch {
-                            tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
-                                         b: b, ldb: panel.width, c: scratch.pointer + slot * groupRows * 64, ldc: 64, accumulate: !first)
-                        } else {
-                            tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
-                                         b: b, ldb: panel.width, c: panel.c.pointer + r0 * panel.ldc, ldc: panel.ldc,
-                                         accumulate: accumulate || !first)
-                        }
-                    }
-                    first = false
-                    k0 += kc
-                }
-            }
-            if let scratch {
+    let groupRows = 48, chunk = 128   // 8 microkernel calls pass over one 128-deep panel slice (32 KB, in L1)
+    let groups = (m + groupRows - 1) / groupRows
+    /// Rows r0 ..< r1 of every output; padded panels collect in `scratch` (64 columns per slot).
+    func rowGroup(_ group: Int, _ scratch: ScratchBuffer?) {
+        let r0 = group * groupRows, r1 = Swift.min(m, r0 + groupRows)
+        var first = true
+        for term in rowTerms {
+            var k0 = 0
+            while k0 < term.k {
+                let kc = Swift.min(chunk, term.k - k0)
                 for panel in panels {
-                    guard let slot = panel.scratchSlot else { continue }
-                    let tile = scratch.pointer + slot * groupRows * 64
-                    for r in 0..<(r1 - r0) {
-                        let src = tile + r * 64, dst = panel.c.pointer + (r0 + r) * panel.ldc
-                        if accumulate { for j in 0..<panel.valid { dst[j] += src[j] } }
-                        else { dst.update(from: src, count: panel.valid) }
+                    let b = pb.pointer + panel.offset + (term.packedRow + k0) * panel.width
+                    if let slot = panel.scratchSlot, let scratch {
+                        tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
+                                     b: b, ldb: panel.width, c: scratch.pointer + slot * groupRows * 64, ldc: 64, accumulate: !first)
+                    } else {
+                        tileMultiply(m: r1 - r0, n: panel.width, k: kc, a: term.a.pointer + r0 * term.lda + k0, aRowStride: term.lda, aStep: 1,
+                                     b: b, ldb: panel.width, c: panel.c.pointer + r0 * panel.ldc, ldc: panel.ldc,
+                                     accumulate: accumulate || !first)
                     }
                 }
+                first = false
+                k0 += kc
             }
-            g0 += groupBlocks
         }
-        withExtendedLifetime(scratch) {}
+        guard let scratch else { return }
+        for panel in panels {
+            guard let slot = panel.scratchSlot else { continue }
+            let tile = scratch.pointer + slot * groupRows * 64
+            for r in 0..<(r1 - r0) {
+                let src = tile + r * 64, dst = panel.c.pointer + (r0 + r) * panel.ldc
+                if accumulate { for j in 0..<panel.valid { dst[j] += src[j] } }
+                else { dst.update(from: src, count: panel.valid) }
+            }
+        }
+    }
+    // A static split: handing row groups out one at a time measured no faster in training steps
+    // (0.93–1.05×, alternating steps), and a static split keeps each worker on the rows that the
+    // previous operation, split the same way, left in its own cache.
+    ZooThreads.parallelFor(groups) { range in
+        let scratch = slots > 0 ? ScratchBuffer(count: slots * groupRows * 64, zeroed: false) : nil
+        for g in range { rowGroup(g, scratch) }
     }
     withExtendedLifetime(packed) {}
 }
