@@ -47,7 +47,10 @@ public final class Variable {
 final class Node {
     let order: Int
     let inputs: [Variable]
-    let backward: ([Tensor?]) -> [Tensor?]
+    /// Dropped once run (with the tensors it saved): activations are freed as the backward
+    /// passes them, and the parameters are no longer shared with the tape when the optimizer
+    /// updates them in place.
+    var backward: (([Tensor?]) -> [Tensor?])?
     var outputGradients: [Tensor?]
     /// Where it was recorded (for TapeProfiler).
     let site: TapeSite
@@ -159,9 +162,13 @@ extension Variable {
         for n in nodes {
             let outGrads = n.outputGradients
             n.outputGradients = Array(repeating: nil, count: outGrads.count)   // free as we go
+            guard let backward = n.backward else {
+                preconditionFailure("backward: this graph was already back-propagated (each operation's saved tensors are freed once used); record it again")
+            }
+            n.backward = nil
             if outGrads.allSatisfy({ $0 == nil }) { continue }
             let started = TapeProfiler.clock()
-            let inGrads = n.backward(outGrads)
+            let inGrads = backward(outGrads)
             TapeProfiler.ranBackward(n.site, since: started)
             precondition(inGrads.count == n.inputs.count, "backward: an operation returned \(inGrads.count) gradients for \(n.inputs.count) inputs")
             for (input, g) in zip(n.inputs, inGrads) {

@@ -33,10 +33,11 @@ public struct AdamW {
             var m = firstMoments.removeValue(forKey: p.name) ?? .zeros(g.shape)
             var v = secondMoments.removeValue(forKey: p.name) ?? .zeros(g.shape)
             precondition(m.shape == g.shape, "AdamW: moment of '\(p.name)' has shape \(describe(m.shape)), gradient \(describe(g.shape))")
-            var value = p.variable.value
             let n = g.count
             let pm = SendablePointer(m.mutablePointer()), pv = SendablePointer(v.mutablePointer())
-            let pp = SendablePointer(value.mutablePointer()), pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer))
+            // In place: once the backward has run, the tape no longer shares the parameter's
+            // storage, so this copies nothing (it would copy a value something else still holds).
+            let pp = SendablePointer(p.variable.value.mutablePointer()), pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer))
             let decay = p.decays ? weightDecay : 0
             let (b1, b2, eps) = (beta1, beta2, epsilon)
             // Element-wise, so splitting across workers changes no result. The loop is written
@@ -54,7 +55,6 @@ public struct AdamW {
             }
             firstMoments[p.name] = m
             secondMoments[p.name] = v
-            p.variable.value = value
         }
     }
 }

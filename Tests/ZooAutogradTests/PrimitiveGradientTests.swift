@@ -182,6 +182,29 @@ func referenceProduct(_ a: [Double], _ b: [Double], m: Int, n: Int, k: Int, tran
         #expect(x.grad == nil)
     }
 
+    /// The backward drops each operation's saved tensors once it has run: a parameter is shared
+    /// with the tape until then and unshared after, so the optimizer updates it without a copy,
+    /// even while the graph's output is still alive.
+    @Test func backwardReleasesSavedTensors() {
+        let x = Variable(randomTensor([4, 3], seed: 61)), w = Variable(randomTensor([2, 3], seed: 62), requiresGrad: true)
+        let y = matmul(x, w, transB: true).sum()
+        let sharedBefore = !w.value.ownsStorageUniquely()
+        #expect(sharedBefore, "the product's backward should hold the weight")
+        y.backward()
+        let uniqueAfter = w.value.ownsStorageUniquely()
+        #expect(uniqueAfter, "the weight is still shared after the backward ran")
+        #expect(y.requiresGrad)
+    }
+
+    @Test func aSecondBackwardThroughTheSameGraphStopsWithAMessage() async {
+        await #expect(processExitsWith: .failure) {
+            let x = Variable(Tensor.ones([3]), requiresGrad: true)
+            let y = (x * 2).sum()
+            y.backward()
+            y.backward()
+        }
+    }
+
     /// A fused two-output function with a hand-written backward is one node on the tape.
     struct ScaleAndShift: DifferentiableFunction {
         func forward(_ inputs: [Tensor]) -> (outputs: [Tensor], saved: Tensor) {
