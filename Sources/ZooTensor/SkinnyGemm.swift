@@ -2,10 +2,15 @@
 // TileMultiply.swift, without packing the token-sized operand.
 //
 //   rows case:   C[m, n] = A[m, k] · op(B)[k, n]       A: activations, m = tokens (≥ 256);
-//                                                      B: a weight, k, n ≤ 1024
+//                                                      B: a weight, k, n ≤ 1024, n ≥ 16
 //   inner case:  C[m, n] = A[k, m]ᵀ · B[k, n]           k = tokens (≥ 256): a weight gradient,
-//                                                      m, n ≤ 1024
-//   n a multiple of 16 in both; alpha 1, beta 0 (C =) or 1 (C +=).
+//                                                      m, n ≤ 1024, n a multiple of 16
+//   alpha 1, beta 0 (C =) or 1 (C +=).
+//
+// The rows case also takes several outputs sharing A (C_p = A · op(B_p): a layer's projections
+// of one input, `skinnyProducts`) or a sum of products into one C (C = Σ_s A_s · op(B_s): their
+// input gradient, `skinnySumOfProducts`); the inner case several parts sharing B (C_p = A_pᵀ · B:
+// their weight gradients, `skinnyTransposedProducts`). See Projections.swift.
 //
 // Why: one side of every such product is the batch's tokens (4096 in the tiny LM of
 // `zoo bench train`) and the other two are model widths (128–512). OpenBLAS packs both operands
@@ -17,16 +22,17 @@
 // copied into panels (below): once per call in the rows case, where it is the weight; per
 // 128-token chunk in the inner case, where it is token-sized but each chunk is reused by every
 // row block of C.
-// Measured on 2 cores, 2026-11-22: `zoo bench train --compare-gemm` (steps alternating in one
-// process) gives a training step of the tiny LM 1.04–1.11× the speed it has with OpenBLAS for
-// attention, Mamba and NSA, 0.98–1.07× for Mamba-2 and log-linear (their 644-wide input
-// projection stays on OpenBLAS); `zoo bench core` (operands hot in cache) gives the products
-// alone 1.01–1.24× OpenBLAS's speed.
+// Measured on 2 cores, 2026-11-22, before projections were fused: `zoo bench train
+// --compare-gemm` (steps alternating in one process) gave a training step of the tiny LM
+// 1.04–1.11× the speed it had with OpenBLAS for attention, Mamba and NSA; `zoo bench core`
+// (operands hot in cache) gives the products alone 1.01–1.24× OpenBLAS's speed. With the
+// projections fused, OpenBLAS steps are 1.03–1.19× slower than zoo's (README, Matrix products).
 //
 // Blocking. Rows case: op(B) is packed once per call into contiguous 64-column panels (read in
 // place, a panel's rows would lie n floats apart and, for n a multiple of 128, crowd into a few L1
-// sets); 48 rows of A (8 microkernel calls) pass over one 128-deep slice of a panel (32 KB, in L1)
-// before the next. Inner case: k runs in chunks of 128 tokens; each worker copies its columns of the
+// sets), an output's last panel padded with zeros to a multiple of 16 columns (its results pass
+// through a per-worker tile, so the padding never reaches C); 48 rows of A (8 microkernel calls)
+// pass over one 128-deep slice of a panel (32 KB, in L1) before the next. Inner case: k runs in chunks of 128 tokens; each worker copies its columns of the
 // chunk of B into panels and its columns of C accumulate over them, reading Aᵀ in place.
 //
 // Deterministic: each element of C is computed by one worker, over k in fixed chunks in a fixed
