@@ -179,7 +179,7 @@ extension Variable {
 /// Projections of one input by row blocks of weights, as one node: part p is
 /// y_p = x · W_p[rows_p]ᵀ, x [..., in] → [..., rows_p.count] (`Tensor.projections`: one pass
 /// over x forward, one over dx backward, no split or sum afterwards). A weight may serve several
-/// parts (Mamba-2's in_proj cut into z, xBC and dt); its gradient collects each part's rows.
+/// parts (Mamba-2's in_proj cut into z, x, B, C and dt); its gradient collects each part's rows.
 public func projections(_ x: Variable, _ parts: [(weight: Variable, rows: Range<Int>)]) -> [Variable] {
     let weights = parts.map(\.weight.value), rows = parts.map(\.rows)
     let xv = x.value

@@ -6,7 +6,7 @@
 //              dW_p[r_p] = dy_pᵀ · x               rows r_p of W_p's gradient (other rows 0)
 //
 // Why: a layer's projections all read the same x: attention's q, k and v, Mamba-2's in_proj whose
-// output is cut into z, xBC and dt at once. As separate products each reads x again and their input
+// output is cut into z, x, B, C and dt at once. As separate products each reads x again and their input
 // gradients are added afterwards; as one wide product (x · [W_q; W_k; W_v]ᵀ, or in_proj) the
 // output must then be split, copying it, and the split's backward concatenates the gradients,
 // copying them again. Here the forward writes each part to its own matrix in one pass over x
