@@ -32,8 +32,9 @@
 // place, a panel's rows would lie n floats apart and, for n a multiple of 128, crowd into a few L1
 // sets), an output's last panel padded with zeros to a multiple of 16 columns (its results pass
 // through a per-worker tile, so the padding never reaches C); 48 rows of A (8 microkernel calls)
-// pass over one 128-deep slice of a panel (32 KB, in L1) before the next. Inner case: k runs in chunks of 128 tokens; each worker copies its columns of the
-// chunk of B into panels and its columns of C accumulate over them, reading Aᵀ in place.
+// pass over one 128-deep slice of a panel (32 KB, in L1) before the next. Inner case: k runs in
+// chunks of 128 tokens; each worker copies its columns of the chunk of B into panels and its
+// columns of every C_p accumulate over them, reading Aᵀ in place.
 //
 // Deterministic: each element of C is computed by one worker, over k in fixed chunks in a fixed
 // order, so results do not depend on the thread count.
@@ -67,13 +68,14 @@ public struct SkinnyTerm {
 }
 
 /// Whether `skinnyProducts` (one A, several outputs of `widths` columns) takes a product: the rows
-/// case's limits, with the outputs' widths summed.
+/// case's limits, with the outputs' widths summed, and `GemmPolicy.useSkinny` on.
 public func skinnyProductsApply(m: Int, k: Int, widths: [Int]) -> Bool {
     let n = widths.reduce(0, +)
     return GemmPolicy.useSkinny && m >= 256 && k > 0 && k <= 1024 && n >= 16 && n <= 1024 && widths.allSatisfy { $0 > 0 }
 }
 
-/// Whether `skinnySumOfProducts` (n columns, terms of inner sizes `ks`) takes a product.
+/// Whether `skinnySumOfProducts` (n columns, terms of inner sizes `ks`) takes a product
+/// (`GemmPolicy.useSkinny` on).
 public func skinnySumOfProductsApplies(m: Int, n: Int, ks: [Int]) -> Bool {
     GemmPolicy.useSkinny && m >= 256 && n >= 16 && n <= 1024 && !ks.isEmpty && ks.allSatisfy { $0 > 0 && $0 <= 1024 }
 }
@@ -258,7 +260,8 @@ public struct SkinnyTransposedPart {
     }
 }
 
-/// Whether `skinnyTransposedProducts` takes parts of `rows` rows each with B [k, n].
+/// Whether `skinnyTransposedProducts` takes parts of `rows` rows each with B [k, n]
+/// (`GemmPolicy.useSkinny` on).
 public func skinnyTransposedProductsApply(n: Int, k: Int, rows: [Int]) -> Bool {
     GemmPolicy.useSkinny && k >= 256 && n > 0 && n % 16 == 0 && n <= 1024 && !rows.isEmpty && rows.allSatisfy { $0 > 0 && $0 <= 1024 }
 }
