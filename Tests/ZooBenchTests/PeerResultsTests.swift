@@ -44,28 +44,31 @@ import Foundation
         #expect(PeerResults.splitCSVLine(#"a,"b, c","say ""hi""",,x"#) == ["a", "b, c", #"say "hi""#, "", "x"])
     }
 
+    /// A CSV with `contents` must be refused with an error that names each of `mentioning(path)`.
+    func expectRejected(_ contents: String, _ what: String, mentioning: (String) -> [String],
+                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let path = try write(contents)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            _ = try PeerResults.trainingTokensPerSecond(csv: path)
+            Issue.record("\(what) was accepted", sourceLocation: sourceLocation)
+        } catch {
+            for text in mentioning(path) {
+                #expect("\(error)".contains(text), "\(what): the error does not name \(text)", sourceLocation: sourceLocation)
+            }
+        }
+    }
+
     @Test func badFilesNameThePathAndWhatIsWrong() throws {
         let missing = "/nonexistent/peer.csv"
         #expect(throws: PeerResults.ReadError.self) { try PeerResults.trainingTokensPerSecond(csv: missing) }
         do { _ = try PeerResults.trainingTokensPerSecond(csv: missing) } catch {
             #expect("\(error)".contains(missing))
         }
-        let noColumn = try write("mixer,status,step_median_ms\nattn,ok,300\n")
-        defer { try? FileManager.default.removeItem(atPath: noColumn) }
-        do {
-            _ = try PeerResults.trainingTokensPerSecond(csv: noColumn)
-            Issue.record("a CSV without tokens_per_s was accepted")
-        } catch {
-            #expect("\(error)".contains(noColumn) && "\(error)".contains("tokens_per_s"))
-        }
-        let badNumber = try write("mixer,status,tokens_per_s\nattn,ok,fast\n")
-        defer { try? FileManager.default.removeItem(atPath: badNumber) }
-        do {
-            _ = try PeerResults.trainingTokensPerSecond(csv: badNumber)
-            Issue.record("a non-numeric tokens_per_s was accepted")
-        } catch {
-            #expect("\(error)".contains("\(badNumber):2") && "\(error)".contains("fast"))
-        }
+        try expectRejected("mixer,status,step_median_ms\nattn,ok,300\n", "a CSV without tokens_per_s",
+                           mentioning: { path in ["tokens_per_s", path] })
+        try expectRejected("mixer,status,tokens_per_s\nattn,ok,fast\n", "a non-numeric tokens_per_s",
+                           mentioning: { path in ["\(path):2", "fast"] })
         let ragged = try write("mixer,status,tokens_per_s\nattn,ok\n")
         defer { try? FileManager.default.removeItem(atPath: ragged) }
         #expect(throws: PeerResults.ReadError.self) { try PeerResults.trainingTokensPerSecond(csv: ragged) }
