@@ -232,14 +232,23 @@ private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accu
 private func packPanel(_ b: UnsafePointer<Float>, transposed: Bool, ld: Int, rows: Int, columns j0: Int, valid: Int, width: Int,
                        into panel: UnsafeMutablePointer<Float>) {
     if transposed {
-        // Column j of op(B) is row j of B; going 16 along k at a time keeps the lines of the
-        // panel's 64 source rows in L1 while they are read.
+        // Column j of op(B) is row j of B: whole 16×16 blocks are transposed in registers
+        // (`transpose16x16`), the edges element by element.
         var p0 = 0
         while p0 < rows {
             let p1 = Swift.min(rows, p0 + 16)
-            for j in 0..<valid {
+            var j = 0
+            if p1 - p0 == 16 {
+                while j + 16 <= valid {
+                    let first = b + (j0 + j) * ld + p0
+                    transpose16x16(rows: { UnsafePointer(first + $0 * ld) }, into: panel + p0 * width + j, ldd: width)
+                    j += 16
+                }
+            }
+            while j < valid {
                 let row = b + (j0 + j) * ld
                 for p in p0..<p1 { panel[p * width + j] = row[p] }
+                j += 1
             }
             p0 = p1
         }
