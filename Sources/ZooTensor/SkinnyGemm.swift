@@ -34,7 +34,8 @@
 // through a per-worker tile, so the padding never reaches C); 48 rows of A (8 microkernel calls)
 // pass over one 128-deep slice of a panel (32 KB, in L1) before the next. Inner case: k runs in
 // chunks of 128 tokens; each worker copies its columns of the chunk of B into panels and its
-// columns of every C_p accumulate over them, reading Aᵀ in place.
+// part of every C_p (a range of rows, or of 64-column panels) accumulates over them, reading Aᵀ
+// in place.
 //
 // Deterministic: each element of C is computed by one worker, over k in fixed chunks in a fixed
 // order, so results do not depend on the thread count.
@@ -81,7 +82,8 @@ public func skinnySumOfProductsApplies(m: Int, n: Int, ks: [Int]) -> Bool {
 }
 
 /// C = op(A)·op(B) (beta 0) or C += op(A)·op(B) (beta 1) for the shapes of `skinnyGemmApplies`,
-/// split over the workers by rows of C (rows case) or by its 64-column panels (inner case).
+/// split over the workers by rows of C (rows case; inner case with more rows than columns) or by
+/// its 64-column panels (inner case otherwise).
 /// Row-major, leading dimensions as in `gemm`.
 public func skinnyGemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
@@ -296,11 +298,16 @@ private struct InnerPart: Sendable {
 }
 
 private func innerCase(parts: [SkinnyTransposedPart], n: Int, k: Int, b: UnsafePointer<Float>, ldb: Int, accumulate: Bool) {
-    // The workers split C by 64-column panels (by rows when there is one panel), and per chunk of
-    // 128 tokens each copies its columns of B's chunk into panels (32 KB each: one stays in L1
-    // while all row blocks of every part's C pass over it). Aᵀ is read in place (row r of Aᵀ
-    // starts at a + r and steps lda). Splitting by columns, no worker copies what another copies;
-    // the per-element arithmetic is the same either way (same 6-row groups, panels and chunks).
+    // Per chunk of 128 tokens, a worker copies its columns of B's chunk into panels (32 KB each:
+    // one stays in L1 while all its row blocks of every part's C pass over it); Aᵀ is read in
+    // place (row r of Aᵀ starts at a + r and steps lda). The workers split C by whichever side
+    // keeps the operands' traffic down: by rows when C has more rows than columns (each worker
+    // then reads only its columns of A, the larger operand, and copies all of B's chunk), by
+    // 64-column panels otherwise (each reads all of A, and copies only its panels). A weight
+    // gradient's operands come from memory, not cache: split by rows, the shapes with m > n ran
+    // 1.08–1.23× faster than split by panels (4096 tokens, m 256–644, n 128, 2 workers, cache
+    // swept between calls). The per-element arithmetic is the same either way (same 6-row
+    // groups, panels and chunks), so the split never changes a result.
     var innerParts: [InnerPart] = [], blocks = 0
     for part in parts {
         innerParts.append(InnerPart(a: SendablePointer(UnsafeMutablePointer(mutating: part.a)), lda: part.lda, m: part.m,
@@ -336,7 +343,8 @@ private func innerCase(parts: [SkinnyTransposedPart], n: Int, k: Int, b: UnsafeP
             k0 += kc
         }
     }
-    if panelCount >= 2 {
+    let rows = parts.reduce(0) { $0 + $1.m }
+    if panelCount >= 2 && rows <= n {
         ZooThreads.parallelFor(panelCount) { panels in
             accumulateInto(blocks: 0 ..< totalBlocks, columns: panels.lowerBound * 64, Swift.min(n, panels.upperBound * 64))
         }

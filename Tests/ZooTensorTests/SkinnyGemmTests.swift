@@ -232,16 +232,20 @@ import ZooTestSupport
         let saved = ZooThreads.count
         defer { ZooThreads.configure(threads: saved) }
         var products: [[[Float]]] = [], sums: [[Float]] = [], transposed: [[[Float]]] = [], oneColumnPanel: [[[Float]]] = []
+        var moreRowsThanColumns: [[[Float]]] = []
         for threads in [1, 2, 3] {
             ZooThreads.configure(threads: threads)
             products.append(runProducts(m: 517, k: 130, widths: [64, 40, 4], beta: 0, seed: 5).got)
             sums.append(runSum(m: 517, n: 100, ks: [64, 40, 4], beta: 0, seed: 6).got)
-            transposed.append(runTransposed(n: 192, k: 300, rows: [20, 7, 64], beta: 0, seed: 7).got)
-            oneColumnPanel.append(runTransposed(n: 48, k: 300, rows: [20, 7, 64], beta: 0, seed: 8).got)   // split by row blocks
+            transposed.append(runTransposed(n: 192, k: 300, rows: [20, 7, 64], beta: 0, seed: 7).got)        // split by panels
+            oneColumnPanel.append(runTransposed(n: 48, k: 300, rows: [20, 7, 64], beta: 0, seed: 8).got)     // by row blocks
+            moreRowsThanColumns.append(runTransposed(n: 128, k: 300, rows: [100, 7, 64], beta: 0, seed: 9).got)  // by row blocks
         }
         #expect(products[0] == products[1] && products[1] == products[2], "skinnyProducts: thread counts disagree")
         #expect(transposed[0] == transposed[1] && transposed[1] == transposed[2], "skinnyTransposedProducts: thread counts disagree")
         #expect(oneColumnPanel[0] == oneColumnPanel[1] && oneColumnPanel[1] == oneColumnPanel[2], "skinnyTransposedProducts (one panel): thread counts disagree")
+        #expect(moreRowsThanColumns[0] == moreRowsThanColumns[1] && moreRowsThanColumns[1] == moreRowsThanColumns[2],
+                "skinnyTransposedProducts (more rows than columns): thread counts disagree")
         #expect(sums[0] == sums[1] && sums[1] == sums[2], "skinnySumOfProducts: thread counts disagree")
     }
 }
