@@ -20,9 +20,10 @@ import ZooExperiment
 ///
 /// With `compareGemm`, each mixer then runs 3 × `steps` more steps rotating through three ways of
 /// computing the products: zoo's (the default: the skinny GEMM of SkinnyGemm.swift, a layer's
-/// projections fused as in Projections.swift), the skinny GEMM with each projection its own product
-/// and the wide ones split afterwards, and OpenBLAS for every product (projections separate). The
-/// report adds the three medians: all sides see the same machine, step by step.
+/// projections fused as in Projections.swift, the GELU MLP one node with its GELU on each block of
+/// the product's rows, `geluMLP`), the skinny GEMM unfused (each projection its own product and the
+/// wide ones split afterwards; the MLP a product, a GELU pass and a product), and OpenBLAS for every
+/// product (unfused). The report adds the three medians: all sides see the same machine, step by step.
 ///
 /// The PyTorch column is PEERS.md's figures unless `peerCSV` names a `bench_peers.py lm` CSV taken
 /// in the same session (see `PeerResults`); a mixer missing from that file shows "–".
@@ -61,7 +62,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     }
 
     var profiles: [String] = []
-    var gemmTable = Table(["mixer", "step ms, zoo", "projections separate", "OpenBLAS", "separate ÷ zoo", "OpenBLAS ÷ zoo"])
+    var gemmTable = Table(["mixer", "step ms, zoo", "unfused", "OpenBLAS", "unfused ÷ zoo", "OpenBLAS ÷ zoo"])
     var table = Table(["mixer", "params", "step ms", "fwd ms", "bwd ms", "opt ms", "tokens/s", "PyTorch tokens/s", "× PyTorch", "matmul GFLOP/s", "sgemm ceiling", "% of sgemm"])
     for name in names {
         let mixerYAML = peerSettings[name] ?? name
@@ -110,16 +111,17 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
                                               optimizerSeconds: phases[2].suffix(steps).reduce(0, +)))
         }
         if compareGemm {
-            // (skinny GEMM, fused projections) for each of the three ways, rotated step by step.
+            // (skinny GEMM, fused products) for each of the three ways, rotated step by step.
             let ways: [(Bool, Bool)] = [(true, true), (true, false), (false, false)]
             var samples: [[Double]] = [[], [], []]
             for i in 0..<(3 * steps) {
                 (GemmPolicy.useSkinny, GemmPolicy.fuseProjections) = ways[i % 3]
+                GemmPolicy.fuseMLP = GemmPolicy.fuseProjections
                 let start = now()
                 trainingStep()
                 samples[i % 3].append(now() - start)
             }
-            (GemmPolicy.useSkinny, GemmPolicy.fuseProjections) = (true, true)
+            (GemmPolicy.useSkinny, GemmPolicy.fuseProjections, GemmPolicy.fuseMLP) = (true, true, true)
             let ms = samples.map { Measurement(samples: $0).median }
             gemmTable.add([name] + ms.map { fmt($0 * 1000) } + [fmt(ms[1] / ms[0], 2), fmt(ms[2] / ms[0], 2)])
         }
@@ -142,7 +144,7 @@ public func runTrainBenchmark(mixers requested: [String]? = nil, batch: Int = 8,
     report.append("goals: attention ≥ 1.3× PyTorch (~78 % of the ceiling), mamba2 and log-linear ≥ 2×, mamba ≥ 10×, nsa ≥ 20×")
     if compareGemm {
         report.append("\n# step ms with the products computed three ways, steps rotating in one process, medians of \(steps) each:\n"
-                      + "# zoo (skinny GEMM, fused projections), skinny GEMM with separate projections, OpenBLAS\n"
+                      + "# zoo (skinny GEMM, fused projections and MLP), skinny GEMM unfused, OpenBLAS (unfused)\n"
                       + gemmTable.render())
     }
     report += profiles

@@ -22,7 +22,9 @@ public struct MLP: Module {
     public func callAsFunction(_ x: Variable) -> Variable {
         switch kind {
         case .swiglu: return down(swiGLU(first(x), up!(x)))
-        case .gelu: return down(first(x).gelu())
+        case .gelu:
+            guard GemmPolicy.fuseMLP, first.bias == nil, down.bias == nil else { return down(first(x).gelu()) }
+            return geluMLP(x, fc1: first.weight, fc2: down.weight)
         }
     }
 
@@ -38,6 +40,40 @@ public struct MLP: Module {
         case .swiglu: return nested("gate", first) + nested("up", up!) + nested("down", down)
         case .gelu: return nested("fc1", first) + nested("fc2", down)
         }
+    }
+}
+
+/// fc2(GELU(fc1(x))) without biases, as one node: y = GELU(x · W1ᵀ) · W2ᵀ, x [..., d], W1 [hidden, d],
+/// W2 [d, hidden]. The GELU runs on each block of rows of h = x · W1ᵀ as soon as the product has
+/// computed it, and in the backward GELU′ multiplies each block of dY · W2 the same way, so
+/// neither h nor dG = dY · W2 takes a pass of its own over memory (`parallelGemm(…afterRows:)`):
+///   dH = (dY · W2) ⊙ GELU′(h),  dW2 = dYᵀ · g,  dW1 = dHᵀ · x,  dX = dH · W1   (g = GELU(h))
+/// Every product and element-wise kernel is the one the separate nodes use, so values and
+/// gradients are bit-identical to `fc2(fc1(x).gelu())` (tested).
+public func geluMLP(_ x: Variable, fc1: Variable, fc2: Variable) -> Variable {
+    let (xv, w1, w2) = (x.value, fc1.value, fc2.value)
+    let d = xv.shape.last ?? 0, hidden = w1.shape[0]
+    precondition(w1.shape == [hidden, d] && w2.shape == [d, hidden] && xv.rank >= 2,
+                 "geluMLP: x \(describe(xv.shape)), W1 \(describe(w1.shape)) and W2 \(describe(w2.shape)) do not fit (want W1 [hidden, d], W2 [d, hidden])")
+    let rows = xv.count / Swift.max(d, 1)
+    let hiddenShape = Array(xv.shape.dropLast()) + [hidden]
+    var h = Tensor(uninitializedShape: hiddenShape), g = Tensor(uninitializedShape: hiddenShape)
+    let ph = SendablePointer(h.mutablePointer()), pg = SendablePointer(g.mutablePointer())
+    parallelGemm(transB: true, m: rows, n: hidden, k: d, a: xv.pointer, b: w1.pointer, c: ph.pointer) { r in
+        geluElements(ph.pointer + r.lowerBound * hidden, pg.pointer + r.lowerBound * hidden, count: r.count * hidden)
+    }
+    let y = Tensor.matmul(g, w2, transB: true)
+    return record(y, inputs: [x, fc1, fc2]) { dy in
+        var dh = Tensor(uninitializedShape: hiddenShape)
+        let pdh = SendablePointer(dh.mutablePointer()), hv = SendablePointer(UnsafeMutablePointer(mutating: h.pointer))
+        parallelGemm(transB: false, m: rows, n: hidden, k: d, a: dy.pointer, b: w2.pointer, c: pdh.pointer) { r in
+            geluGradientElements(hv.pointer + r.lowerBound * hidden, pdh.pointer + r.lowerBound * hidden, count: r.count * hidden)
+        }
+        let dh2 = dh.reshaped([rows, hidden])
+        let dw2 = fc2.requiresGrad ? Tensor.matmul(dy.reshaped([rows, d]), g.reshaped([rows, hidden]), transA: true) : nil
+        let dw1 = fc1.requiresGrad ? Tensor.matmul(dh2, xv.reshaped([rows, d]), transA: true) : nil
+        let dx = x.requiresGrad ? Tensor.matmul(dh, w1) : nil
+        return [dx, dw1, dw2]
     }
 }
 

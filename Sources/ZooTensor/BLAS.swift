@@ -101,6 +101,24 @@ public func parallelGemm(
     }
 }
 
+/// C = A · op(B) (`parallelGemm`, beta 0) followed by `afterRows(r)` over blocks of rows r of C
+/// covering 0 ..< m, each once. In the skinny GEMM a block is handed over by the worker that
+/// computed it, right after computing it (`skinnyGemm(transB:…afterRows:)`); otherwise the blocks
+/// follow the product, split over the workers. Either way C ends the same.
+public func parallelGemm(transB: Bool, m: Int, n: Int, k: Int,
+                         a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                         afterRows: (Range<Int>) -> Void) {
+    let lda = k, ldb = transB ? k : n
+    if GemmPolicy.useSkinny, skinnyGemmApplies(transA: false, transB: transB, m: m, n: n, k: k, alpha: 1, beta: 0) {
+        skinnyGemm(transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n, afterRows: afterRows)
+        return
+    }
+    parallelGemm(transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c)
+    ZooThreads.parallelFor((m + 47) / 48) { blocks in
+        for block in blocks { afterRows(block * 48 ..< Swift.min(m, block * 48 + 48)) }
+    }
+}
+
 /// The name of the BLAS core OpenBLAS chose at run time (for benchmark headers).
 public var blasCoreName: String { String(cString: openblas_get_corename()) }
 
@@ -120,4 +138,7 @@ public enum GemmPolicy {
     /// Whether `Linear.project` and `Linear.split` compute a layer's projections as one product
     /// (Projections.swift) or as separate products followed by a split, as before.
     nonisolated(unsafe) public static var fuseProjections = true
+    /// Whether the GELU MLP is one node whose GELU and GELU′ run on each block of a product's rows
+    /// as it is computed (`geluMLP`, ZooNN) or three nodes (product, GELU, product), as before.
+    nonisolated(unsafe) public static var fuseMLP = true
 }

@@ -264,6 +264,28 @@ extension Tensor {
     public func reciprocal() -> Tensor { map(ReciprocalKernel.self) }
 }
 
+// MARK: - GELU and SiLU on raw memory (fused into the MLP's products and the convolution, ZooNN)
+
+/// out[i] = GELU(x[i]) for i < count: `gelu()`'s kernel, so the same bits.
+public func geluElements(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int) {
+    unaryLoop(GELUKernel.self, x, out, count)
+}
+
+/// g[i] ← g[i] · GELU′(x[i]) for i < count, in place: `geluGradient`'s kernel, so the same bits.
+public func geluGradientElements(_ x: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>, count: Int) {
+    binaryLoop(GELUGradientKernel.self, x, 1, UnsafePointer(g), 1, g, count)
+}
+
+/// out[i] = SiLU(x[i]) for i < count: `silu()`'s kernel, so the same bits.
+public func siluElements(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int) {
+    unaryLoop(SiLUKernel.self, x, out, count)
+}
+
+/// out[i] = g[i] · SiLU′(x[i]) for i < count: the SiLU node's backward kernel, so the same bits.
+public func siluGradientElements(_ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int) {
+    binaryLoop(SiLUGradientKernel.self, x, 1, g, 1, out, count)
+}
+
 // MARK: - Derivatives fused with the incoming gradient
 //
 // Each backward of a unary function is one pass over (input or output, gradient): composing it

@@ -101,6 +101,20 @@ public func skinnyGemm(
     innerCase(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, accumulate: accumulate, c: c, ldc: ldc)
 }
 
+/// C = A · op(B) (the rows case, beta 0), then `afterRows(r)` on each block of rows r of C, run
+/// by the worker that computed the block right after computing it, while the rows are still in
+/// its cache: element-wise work on a product's result (the MLP's GELU and its derivative) without
+/// a pass of its own over memory. Requires `skinnyGemmApplies(transA: false, …, beta: 0)`.
+public func skinnyGemm(transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                       b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                       afterRows: (Range<Int>) -> Void) {
+    precondition(skinnyGemmApplies(transA: false, transB: transB, m: m, n: n, k: k, alpha: 1, beta: 0),
+                 "skinnyGemm: shape \(m)×\(n)×\(k) (transB \(transB)) is not one it takes")
+    rowsCase(m: m, terms: [SkinnyTerm(a: a, lda: lda, b: b, ldb: ldb, transB: transB, k: k)],
+             outputs: [SkinnyOutput(b: b, ldb: ldb, transB: transB, n: n, c: c, ldc: ldc)], accumulate: false,
+             afterRows: afterRows)
+}
+
 /// Several products sharing their left operand, in one pass over it: C_p = A · op(B_p) (beta 0)
 /// or C_p += A · op(B_p) (beta 1), A [m, k]. A layer's projections (q, k and v, or the row
 /// blocks of Mamba-2's in_proj) each get their own output matrix, so nothing is split afterwards.
@@ -144,7 +158,10 @@ private struct RowsTerm: Sendable {
 ///   C_p (=, or += when accumulating) Σ_s A_s · op(B_{s,p})
 /// with either one term (several outputs: `skinnyProducts`, `skinnyGemm`) or one output (several
 /// terms: `skinnySumOfProducts`); `outputs[p].b` is B for one term, `terms[s].b` for one output.
-private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accumulate: Bool) {
+/// `afterRows(r)` runs on the worker that computed rows r of every output, right after it
+/// finished them (48 rows at a time), while they are still in its cache.
+private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accumulate: Bool,
+                      afterRows: (Range<Int>) -> Void = { _ in }) {
     precondition(terms.count == 1 || outputs.count == 1, "rowsCase: several terms and several outputs at once")
     let kTotal = terms.reduce(0) { $0 + $1.k }
     // Panels: each output's columns in blocks of 64, the last of an output possibly narrower.
@@ -208,16 +225,18 @@ private func rowsCase(m: Int, terms: [SkinnyTerm], outputs: [SkinnyOutput], accu
                 k0 += kc
             }
         }
-        guard let scratch else { return }
-        for panel in panels {
-            guard let slot = panel.scratchSlot else { continue }
-            let tile = scratch.pointer + slot * groupRows * 64
-            for r in 0..<(r1 - r0) {
-                let src = tile + r * 64, dst = panel.c.pointer + (r0 + r) * panel.ldc
-                if accumulate { for j in 0..<panel.valid { dst[j] += src[j] } }
-                else { dst.update(from: src, count: panel.valid) }
+        if let scratch {
+            for panel in panels {
+                guard let slot = panel.scratchSlot else { continue }
+                let tile = scratch.pointer + slot * groupRows * 64
+                for r in 0..<(r1 - r0) {
+                    let src = tile + r * 64, dst = panel.c.pointer + (r0 + r) * panel.ldc
+                    if accumulate { for j in 0..<panel.valid { dst[j] += src[j] } }
+                    else { dst.update(from: src, count: panel.valid) }
+                }
             }
         }
+        afterRows(r0 ..< r1)
     }
     // A static split: handing row groups out one at a time measured no faster in training steps
     // (0.93–1.05×, alternating steps), and a static split keeps each worker on the rows that the

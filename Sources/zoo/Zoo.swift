@@ -58,7 +58,7 @@ struct BenchTrain: ParsableCommand {
     var steps = 3
     @Flag(help: "Then run as many steps again under the tape profiler and print where a step's time goes, per operation.")
     var profile = false
-    @Flag(help: "Then run three times as many steps rotating zoo's products (skinny GEMM, fused projections), the skinny GEMM with separate projections, and OpenBLAS, and print the three medians.")
+    @Flag(help: "Then run three times as many steps rotating zoo's products (skinny GEMM, fused projections and GELU MLP), the skinny GEMM unfused, and OpenBLAS (unfused), and print the three medians.")
     var compareGemm = false
     @Option(help: "PyTorch's figures from a CSV that `bench_peers.py lm` wrote (../shared/bench), instead of PEERS.md's.")
     var peerCsv: String?

@@ -122,6 +122,44 @@ import ZooTestSupport
         #expect(params.map(\.name) == (kind == .swiglu ? ["gate.weight", "up.weight", "down.weight"] : ["fc1.weight", "fc2.weight"]))
     }
 
+    /// The fused GELU MLP node against finite differences, at a shape small enough for the
+    /// OpenBLAS path (the product first, then GELU and GELU′ over blocks of rows).
+    @Test func geluMLPGradients() {
+        let x = randomTensor([5, 4], seed: 12), w1 = randomTensor([6, 4], seed: 13, scale: 0.5), w2 = randomTensor([4, 6], seed: 14, scale: 0.5)
+        let result = gradientCheck([x, w1, w2], function: { v in geluMLP(v[0], fc1: v[1], fc2: v[2]) }, reference: { v in
+            func lin(_ x: [Double], _ w: [Double], _ i: Int, _ o: Int) -> [Double] {
+                (0..<(x.count / i)).flatMap { r in (0..<o).map { c in (0..<i).map { x[r * i + $0] * w[c * i + $0] }.reduce(0, +) } }
+            }
+            let h = lin(v[0], v[1], 4, 6).map { 0.5 * $0 * (1 + Foundation.tanh(0.7978845608028654 * ($0 + 0.044715 * $0 * $0 * $0))) }
+            return lin(h, v[2], 6, 4)
+        })
+        #expect(result.worst < 3e-5, "\(result)")
+    }
+
+    /// `geluMLP` uses the same products and element-wise kernels as the three separate nodes, so
+    /// its output and every gradient must match theirs bit for bit: with 300 rows through the skinny
+    /// GEMM (GELU and GELU′ on each 48-row block as it is computed, the last block partial), with 3
+    /// rows through OpenBLAS and then the blocks.
+    @Test(arguments: [[2, 150, 32], [3, 32]])
+    func geluMLPIsBitIdenticalToItsComposition(shape: [Int]) {
+        let d = shape[shape.count - 1], hidden = 80
+        let x0 = randomTensor(shape, seed: 21), w1 = randomTensor([hidden, d], seed: 22, scale: 0.3)
+        let w2 = randomTensor([d, hidden], seed: 23, scale: 0.3), r = randomTensor(shape, seed: 24)
+        func run(fused: Bool) -> [[Float]] {
+            let (x, a, b) = (parameter(x0), parameter(w1), parameter(w2))
+            let y = fused ? geluMLP(x, fc1: a, fc2: b) : matmul(matmul(x, a, transB: true).gelu(), b, transB: true)
+            (y * Variable(r)).sum().backward()
+            return [y.value, x.grad!, a.grad!, b.grad!].map(\.scalars)
+        }
+        let fused = run(fused: true), separate = run(fused: false)
+        for (i, name) in ["output", "∂x", "∂W1", "∂W2"].enumerated() {
+            let firstDifference = fused[i].indices.first { fused[i][$0] != separate[i][$0] }
+            #expect(fused[i].count == separate[i].count && firstDifference == nil,
+                    "geluMLP \(shape): \(name) differs from the composition at element \(firstDifference ?? -1)")
+        }
+        #expect(fused[1].contains { $0 != 0 } && fused[2].contains { $0 != 0 }, "gradients are all zero")
+    }
+
     func mlpWith(params: [Variable], kind: MLP.Kind, x: Variable) -> Variable {
         if kind == .swiglu {
             let gate = matmul(x, params[0], transB: true), up = matmul(x, params[1], transB: true)
