@@ -152,7 +152,7 @@ public struct LogLinearMamba2Mixer: Mixer {
         checkLength(t, "forward")
         let parts = m.inputProjection.split(x, sizes: m.projectionSizes)  // z, x, B, C, dt
         let (z, dt) = (parts[0], parts[4])
-        let xbc = m.conv.split(Array(parts[1...3])).map { $0.silu() }
+        let xbc = m.conv.split(Array(parts[1...3]), activation: .silu)
         let kernel = LogLinearFunction(options: options)
         let y = kernel([xbc[0].reshaped([b, t, m.heads, m.headDim]), dt, -m.logA.exp(),
                         xbc[1].reshaped([b, t, m.groups, m.stateSize]), xbc[2].reshaped([b, t, m.groups, m.stateSize]),

@@ -177,7 +177,7 @@ public struct Mamba2Mixer: Mixer {
         let (b, t) = (x.shape[0], x.shape[1])
         let parts = inputProjection.split(x, sizes: projectionSizes)      // z, x, B, C, dt: each its own tensor
         let (z, dt) = (parts[0], parts[4])
-        let xbc = conv.split(Array(parts[1...3])).map { $0.silu() }
+        let xbc = conv.split(Array(parts[1...3]), activation: .silu)
         let ssd = SSDFunction(options: ssdOptions)
         let y = ssd([xbc[0].reshaped([b, t, heads, headDim]), dt, -logA.exp(),
                      xbc[1].reshaped([b, t, groups, stateSize]), xbc[2].reshaped([b, t, groups, stateSize]), skip, dtBias])[0]

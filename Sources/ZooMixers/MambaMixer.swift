@@ -194,7 +194,7 @@ public struct MambaMixer: Mixer {
         let (b, t) = (h.shape[0], h.shape[1])
         let n = config.stateSize
         let xz = inProj.split(h, sizes: [innerWidth, innerWidth])         // x, z
-        let x = conv1d(xz[0]).silu()                                        // [B, T, E]
+        let x = conv1d(xz[0], activation: .silu)                            // [B, T, E]
         let parts = xProj.split(x, sizes: [dtRank, n, n])                   // dt, B, C
         let dt = matmul(parts[0], dtProjWeight, transB: true)               // [B, T, E]
         let a = aLog.exp() * -1

@@ -37,14 +37,21 @@ public struct CausalConv1d: Module {
         [NamedParameter("weight", weight)] + (bias.map { [NamedParameter("bias", $0, decays: false)] } ?? [])
     }
 
-    public func callAsFunction(_ x: Variable) -> Variable {
+    /// What follows the convolution inside the same node.
+    public enum Activation: Sendable { case none, silu }
+
+    /// y = conv(x), or SiLU(conv(x)) as one node: the SiLU is applied to each output row as it is
+    /// computed, and its derivative to each gradient row inside the backward, so neither the
+    /// convolution's output nor its gradient takes a pass of its own over memory. Bit-identical
+    /// to `self(x).silu()` (tested).
+    public func callAsFunction(_ x: Variable, activation: Activation = .none) -> Variable {
         precondition(x.rank == 3 && x.shape[2] == channels, "CausalConv1d: input \(describe(x.shape)) is not [B, T, \(channels)]")
         let xv = x.value, wv = weight.value
         let bv = bias?.value
-        let y = causalConvForward(xv, wv, bv)
+        let (a, y) = causalConvForward(xv, wv, bv, silu: activation == .silu)
         let inputs = [x, weight] + (bias.map { [$0] } ?? [])
         return record(y, inputs: inputs) { g in
-            let (dx, dw, db) = causalConvBackward(g, xv, wv, hasBias: bv != nil)
+            let (dx, dw, db) = causalConvBackward(g, xv, wv, hasBias: bv != nil, siluInput: a)
             return [dx, dw] + (bv != nil ? [db] : [])
         }
     }
@@ -53,15 +60,15 @@ public struct CausalConv1d: Module {
     /// blocks in channel order, C_p adding up to C): the outputs are `self(concatenated)` cut the
     /// same way. The convolution is depthwise, so each block needs only its channels' weights
     /// (slices of the parameters, which collect the blocks' gradients); nothing is joined or split.
-    public func split(_ parts: [Variable]) -> [Variable] {
+    public func split(_ parts: [Variable], activation: Activation = .none) -> [Variable] {
         precondition(parts.allSatisfy { $0.rank == 3 } && parts.map { $0.shape[2] }.reduce(0, +) == channels,
                      "CausalConv1d.split: blocks \(parts.map { describe($0.shape) }) do not add up to \(channels) channels")
         var start = 0
         return parts.map { part in
             let range = start ..< start + part.shape[2]
             start = range.upperBound
-            if range.count == channels { return self(part) }
-            return CausalConv1d(sharing: weight.slice(axis: 0, range), bias: bias?.slice(axis: 0, range))(part)
+            if range.count == channels { return self(part, activation: activation) }
+            return CausalConv1d(sharing: weight.slice(axis: 0, range), bias: bias?.slice(axis: 0, range))(part, activation: activation)
         }
     }
 
@@ -96,21 +103,24 @@ public struct CausalConv1d: Module {
     }
 }
 
-func causalConvForward(_ x: Tensor, _ w: Tensor, _ bias: Tensor?) -> Tensor {
+/// The convolution's output a [B, T, C] and, with `silu`, y = SiLU(a) written row by row from
+/// the same registers' results (a is then kept for the backward); without, y is a.
+func causalConvForward(_ x: Tensor, _ w: Tensor, _ bias: Tensor?, silu: Bool) -> (a: Tensor?, y: Tensor) {
     let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2])
     let k = w.shape[2]
     // Weights transposed to [k, C] so the inner loop runs over contiguous channels.
     var wt = [Float](repeating: 0, count: k * c)
     for ci in 0..<c { for j in 0..<k { wt[j * c + ci] = w.pointer[ci * k + j] } }
-    var y = Tensor(uninitializedShape: x.shape)
-    let py = SendablePointer(y.mutablePointer()), px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer))
+    var a = Tensor(uninitializedShape: x.shape), activated = Tensor(uninitializedShape: silu ? x.shape : [0])
+    let pa = SendablePointer(a.mutablePointer()), px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer))
+    let py = SendablePointer(activated.mutablePointer())
     let pb = bias.map { SendablePointer(UnsafeMutablePointer(mutating: $0.pointer)) }
     wt.withUnsafeMutableBufferPointer { wtBuf in
         let pwt = SendablePointer(wtBuf.baseAddress!)
         ZooThreads.parallelFor(b * t, minChunk: Swift.max(1, 4096 / Swift.max(c * k, 1))) { range in
             for row in range {
                 let bi = row / t, ti = row % t
-                let out = py + row * c
+                let out = pa + row * c
                 if let pb { out.update(from: pb.pointer, count: c) } else { out.update(repeating: 0, count: c) }
                 for j in 0..<k {
                     let src = ti - (k - 1) + j
@@ -120,50 +130,82 @@ func causalConvForward(_ x: Tensor, _ w: Tensor, _ bias: Tensor?) -> Tensor {
                     while i + 16 <= c { store16(out + i, load16(out + i).addingProduct(load16(wr + i), load16(xr + i))); i += 16 }
                     while i < c { out[i] += wr[i] * xr[i]; i += 1 }
                 }
+                if silu { siluElements(out, py + row * c, count: c) }
             }
         }
     }
-    return y
+    return silu ? (a, activated) : (nil, a)
 }
 
-func causalConvBackward(_ g: Tensor, _ x: Tensor, _ w: Tensor, hasBias: Bool) -> (Tensor, Tensor, Tensor) {
+/// Gradients of the convolution from the output's gradient g (of SiLU(a) when `siluInput` is a):
+///   da = g (or g ⊙ SiLU′(a));  dx[s] = Σ_j w[j] ⊙ da[s + k−1−j];  dw[j] = Σ_t da[t] ⊙ x[t−(k−1)+j];  db = Σ_t da[t]
+/// Work items are (sequence, block of 64 steps), split over the workers: an item computes da for
+/// its steps and the k−1 after them into a scratch tile (so each dx row is a gather, written by
+/// one item) and its partial dw, db; the partials are summed in item order, so the result does
+/// not depend on the thread count.
+func causalConvBackward(_ g: Tensor, _ x: Tensor, _ w: Tensor, hasBias: Bool, siluInput: Tensor?) -> (Tensor, Tensor, Tensor) {
     let (b, t, c) = (x.shape[0], x.shape[1], x.shape[2])
     let k = w.shape[2]
-    var dx = Tensor.zeros(x.shape)
-    var dwt = [Float](repeating: 0, count: k * c)       // [k, C]
-    var db = Tensor.zeros([c])
-    let pdx = dx.mutablePointer(), pdb = db.mutablePointer()
-    let px = x.pointer, pg = g.pointer, pw = w.pointer
+    let block = 64, blocksPerSequence = (t + block - 1) / block, items = b * blocksPerSequence
+    var dx = Tensor(uninitializedShape: x.shape)
     var wt = [Float](repeating: 0, count: k * c)
-    for ci in 0..<c { for j in 0..<k { wt[j * c + ci] = pw[ci * k + j] } }
-    // dx[src] += w[j] ⊙ g[t];  dw[j] += g[t] ⊙ x[src];  db += g[t]   (src = t − (k−1) + j)
-    dwt.withUnsafeMutableBufferPointer { dwtBuf in
+    for ci in 0..<c { for j in 0..<k { wt[j * c + ci] = w.pointer[ci * k + j] } }
+    let partials = ScratchBuffer(count: items * (k + 1) * c)    // per item: dw as [k, C], then db [C]
+    let pdx = SendablePointer(dx.mutablePointer()), pp = SendablePointer(partials.pointer)
+    let px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer)), pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer))
+    let pa = siluInput.map { SendablePointer(UnsafeMutablePointer(mutating: $0.pointer)) }
+    withExtendedLifetime((x, g, siluInput, partials)) {
         wt.withUnsafeBufferPointer { wtBuf in
-            let pdw = dwtBuf.baseAddress!, pwt = wtBuf.baseAddress!
-            for bi in 0..<b {
-                for ti in 0..<t {
-                    let gr = pg + (bi * t + ti) * c
-                    if hasBias { simdAxpy(1, gr, pdb, c) }
-                    for j in 0..<k {
-                        let src = ti - (k - 1) + j
-                        if src < 0 { continue }
-                        let xr = px + (bi * t + src) * c, dxr = pdx + (bi * t + src) * c
-                        let wr = pwt + j * c, dwr = pdw + j * c
-                        var i = 0
-                        while i + 16 <= c {
-                            let gv = load16(gr + i)
-                            store16(dxr + i, load16(dxr + i).addingProduct(load16(wr + i), gv))
-                            store16(dwr + i, load16(dwr + i).addingProduct(load16(xr + i), gv))
-                            i += 16
+            let pwt = SendablePointer(UnsafeMutablePointer(mutating: wtBuf.baseAddress!))
+            ZooThreads.parallelFor(items) { range in
+                let tile = ScratchBuffer(count: (block + k - 1) * c, zeroed: false)
+                for item in range {
+                    let bi = item / blocksPerSequence, t0 = (item % blocksPerSequence) * block
+                    let t1 = Swift.min(t, t0 + block), tEnd = Swift.min(t, t1 + k - 1)
+                    // da rows t0 ..< tEnd into the tile.
+                    for ti in t0..<tEnd {
+                        let gr = pg + (bi * t + ti) * c, dar = tile.pointer + (ti - t0) * c
+                        if let pa { siluGradientElements(pa + (bi * t + ti) * c, gr, dar, count: c) }
+                        else { dar.update(from: gr, count: c) }
+                    }
+                    let dw = pp + item * (k + 1) * c, db = dw + k * c
+                    for ti in t0..<t1 {
+                        let dar = tile.pointer + (ti - t0) * c
+                        if hasBias { simdAxpy(1, dar, db, c) }
+                        // dx[ti] = Σ_j w[j] ⊙ da[ti + k−1−j]
+                        let dxr = pdx + (bi * t + ti) * c
+                        dxr.update(repeating: 0, count: c)
+                        for j in 0..<k {
+                            let dst = ti + (k - 1) - j
+                            if dst >= t { continue }
+                            let gr = tile.pointer + (dst - t0) * c, wr = pwt + j * c
+                            var i = 0
+                            while i + 16 <= c { store16(dxr + i, load16(dxr + i).addingProduct(load16(wr + i), load16(gr + i))); i += 16 }
+                            while i < c { dxr[i] += wr[i] * gr[i]; i += 1 }
                         }
-                        while i < c { dxr[i] += wr[i] * gr[i]; dwr[i] += xr[i] * gr[i]; i += 1 }
+                        // dw[j] += da[ti] ⊙ x[ti − (k−1) + j]
+                        for j in 0..<k {
+                            let src = ti - (k - 1) + j
+                            if src < 0 { continue }
+                            let xr = px + (bi * t + src) * c, dwr = dw + j * c
+                            var i = 0
+                            while i + 16 <= c { store16(dwr + i, load16(dwr + i).addingProduct(load16(xr + i), load16(dar + i))); i += 16 }
+                            while i < c { dwr[i] += xr[i] * dar[i]; i += 1 }
+                        }
                     }
                 }
             }
         }
     }
+    // Sum the items' partials in item order.
+    let sums = [Float](unsafeUninitializedCapacity: (k + 1) * c) { buf, count in
+        buf.baseAddress!.update(from: partials.pointer, count: (k + 1) * c)
+        for item in 1..<Swift.max(items, 1) { simdAxpy(1, partials.pointer + item * (k + 1) * c, buf.baseAddress!, (k + 1) * c) }
+        count = (k + 1) * c
+    }
     var dw = Tensor(uninitializedShape: w.shape)
     let pdwOut = dw.mutablePointer()
-    for ci in 0..<c { for j in 0..<k { pdwOut[ci * k + j] = dwt[j * c + ci] } }
+    for ci in 0..<c { for j in 0..<k { pdwOut[ci * k + j] = sums[j * c + ci] } }
+    let db = Tensor(shape: [c], scalars: Array(sums[(k * c)...]))
     return (dx, dw, db)
 }

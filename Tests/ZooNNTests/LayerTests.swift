@@ -202,6 +202,82 @@ import ZooTestSupport
         #expect(result.worst < 2e-5, "\(result)")
     }
 
+    /// SiLU inside the convolution's node, against finite differences; the second shape spans
+    /// two of the backward's 64-step blocks.
+    @Test(arguments: [(1, 5, 3, 4), (1, 70, 3, 2)])
+    func causalConvSiLUGradients(batch: Int, t: Int, c: Int, k: Int) {
+        var g = SeededGenerator(seed: 17)
+        let conv = CausalConv1d(channels: c, kernelSize: k, generator: &g)
+        let x = randomTensor([batch, t, c], seed: 18)
+        let result = gradientCheck([x, conv.weight.value, conv.bias!.value], function: { v in
+            CausalConv1d(sharing: v[1], bias: v[2])(v[0], activation: .silu)
+        }, reference: { v in
+            convReference(v[0], v[1], v[2], batch: batch, t: t, c: c, k: k).map { $0 / (1 + Foundation.exp(-$0)) }
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
+    /// Output and gradients of one convolution node, loss Σ y ⊙ r.
+    func convolutionGradients(_ x0: Tensor, _ conv: CausalConv1d, _ r: Tensor, fusedSiLU: Bool?) -> [[Float]] {
+        let x = parameter(x0), w = parameter(conv.weight.value), b = parameter(conv.bias!.value)
+        let layer = CausalConv1d(sharing: w, bias: b)
+        let y: Variable
+        switch fusedSiLU {
+        case nil: y = layer(x)
+        case true?: y = layer(x, activation: .silu)
+        case false?: y = layer(x).silu()
+        }
+        (y * Variable(r)).sum().backward()
+        return [y.value, x.grad!, w.grad!, b.grad!].map(\.scalars)
+    }
+
+    /// The backward over several 64-step blocks of two sequences (rows of dx gathered from the
+    /// next blocks' steps, dw and db summed over the blocks), against Double:
+    ///   dx[s] = Σ_j w[j] r[s + k−1−j],  dw[j] = Σ_t r[t] x[t−(k−1)+j],  db = Σ_t r[t].
+    @Test func causalConvBackwardAcrossBlocksMatchesDouble() {
+        let (batch, t, c, k) = (2, 150, 21, 4)
+        var g = SeededGenerator(seed: 19)
+        let conv = CausalConv1d(channels: c, kernelSize: k, generator: &g)
+        let x0 = randomTensor([batch, t, c], seed: 20), r = randomTensor([batch, t, c], seed: 21)
+        let got = convolutionGradients(x0, conv, r, fusedSiLU: nil)
+        let (xv, wv, rv) = (x0.scalars.map(Double.init), conv.weight.value.scalars.map(Double.init), r.scalars.map(Double.init))
+        var dx = [Double](repeating: 0, count: batch * t * c), dw = [Double](repeating: 0, count: c * k), db = [Double](repeating: 0, count: c)
+        for bi in 0..<batch { for ti in 0..<t { for ci in 0..<c {
+            let gr = rv[(bi * t + ti) * c + ci]
+            db[ci] += gr
+            for j in 0..<k {
+                let src = ti - (k - 1) + j
+                if src < 0 { continue }
+                dx[(bi * t + src) * c + ci] += wv[ci * k + j] * gr
+                dw[ci * k + j] += xv[(bi * t + src) * c + ci] * gr
+            }
+        } } }
+        expectClose(got[1], dx, tolerance: 1e-5, "dx")
+        expectClose(got[2], dw, tolerance: 1e-4, "dw")
+        expectClose(got[3], db, tolerance: 1e-4, "db")
+    }
+
+    /// SiLU fused into the node uses the SiLU node's kernels: bit-identical output and gradients.
+    /// The backward's partial sums are added in a fixed order: the same bits for 1, 2 or 3 threads.
+    @Test(arguments: [(2, 150, 20, 4), (1, 3, 17, 1)])
+    func causalConvSiLUIsBitIdenticalAndThreadInvariant(batch: Int, t: Int, c: Int, k: Int) {
+        var g = SeededGenerator(seed: 22)
+        let conv = CausalConv1d(channels: c, kernelSize: k, generator: &g)
+        let x0 = randomTensor([batch, t, c], seed: 23), r = randomTensor([batch, t, c], seed: 24)
+        let fused = convolutionGradients(x0, conv, r, fusedSiLU: true), separate = convolutionGradients(x0, conv, r, fusedSiLU: false)
+        for (i, name) in ["output", "∂x", "∂w", "∂b"].enumerated() {
+            #expect(fused[i] == separate[i], "conv + SiLU \(batch)×\(t)×\(c), k \(k): \(name) differs from conv(x).silu()")
+        }
+        let saved = ZooThreads.count
+        defer { ZooThreads.configure(threads: saved) }
+        var byThreads: [[[Float]]] = []
+        for threads in [1, 2, 3] {
+            ZooThreads.configure(threads: threads)
+            byThreads.append(convolutionGradients(x0, conv, r, fusedSiLU: true))
+        }
+        #expect(byThreads[0] == byThreads[1] && byThreads[1] == byThreads[2], "conv + SiLU: thread counts disagree")
+    }
+
     @Test func causalConvStepEqualsParallel() {
         var g = SeededGenerator(seed: 14)
         let conv = CausalConv1d(channels: 19, kernelSize: 4, generator: &g)
