@@ -79,7 +79,7 @@ public func geluMLP(_ x: Variable, fc1: Variable, fc2: Variable) -> Variable {
 
 /// SiLU(a) ⊙ b.
 public enum SwiGLUKernel: BinaryElementKernel {
-    @inline(__always) public static func apply(_ a: F16, _ b: F16) -> F16 { a * fastSigmoid(a) * b }
+    @inline(always) public static func apply(_ a: F16, _ b: F16) -> F16 { a * fastSigmoid(a) * b }
     @inline(__always) public static func apply(_ a: Float, _ b: Float) -> Float { apply(F16(repeating: a), F16(repeating: b))[0] }
 }
 

@@ -74,10 +74,10 @@ public typealias F16 = SIMD16<Float>
 @inlinable @inline(__always) public func fastLog(_ x: Float) -> Float { fastLog(F16(repeating: x))[0] }
 
 /// 1 / (1 + e^−x), stable for large |x| because fastExp clamps its argument.
-@inlinable @inline(__always) public func fastSigmoid(_ x: F16) -> F16 { 1 / (1 + fastExp(-x)) }
+@inlinable @inline(always) public func fastSigmoid(_ x: F16) -> F16 { 1 / (1 + fastExp(-x)) }
 
 /// log(1 + e^x) = max(x, 0) + log(1 + e^−|x|), with no overflow for large x.
-@inlinable @inline(__always) public func fastSoftplus(_ x: F16) -> F16 {
+@inlinable @inline(always) public func fastSoftplus(_ x: F16) -> F16 {
     let absX = x.replacing(with: -x, where: x .< 0)
     let positive = x.replacing(with: 0, where: x .< 0)
     return positive + fastLog(1 + fastExp(-absX))
