@@ -126,6 +126,7 @@ public var blasCoreName: String { String(cString: openblas_get_corename()) }
 /// outside any parallel loop), then pins it back to one.
 public func withBLASThreads<R>(_ threads: Int, _ body: () throws -> R) rethrows -> R {
     precondition(!ZooThreads.insideParallelRegion, "withBLASThreads: not allowed inside a parallel loop")
+    ZooThreads.releaseCores()
     openblas_set_num_threads(Int32(threads))
     defer { openblas_set_num_threads(1) }
     return try body()
