@@ -197,11 +197,10 @@ func causalConvBackward(_ g: Tensor, _ x: Tensor, _ w: Tensor, hasBias: Bool, si
             }
         }
     }
-    // Sum the items' partials in item order.
-    let sums = [Float](unsafeUninitializedCapacity: (k + 1) * c) { buf, count in
-        buf.baseAddress!.update(from: partials.pointer, count: (k + 1) * c)
-        for item in 1..<Swift.max(items, 1) { simdAxpy(1, partials.pointer + item * (k + 1) * c, buf.baseAddress!, (k + 1) * c) }
-        count = (k + 1) * c
+    // Sum the items' partials in item order (no items, T = 0: zero gradients).
+    var sums = [Float](repeating: 0, count: (k + 1) * c)
+    sums.withUnsafeMutableBufferPointer { buf in
+        for item in 0..<items { simdAxpy(1, partials.pointer + item * (k + 1) * c, buf.baseAddress!, (k + 1) * c) }
     }
     var dw = Tensor(uninitializedShape: w.shape)
     let pdwOut = dw.mutablePointer()
