@@ -125,10 +125,7 @@ func causalConvForward(_ x: Tensor, _ w: Tensor, _ bias: Tensor?, silu: Bool) ->
                 for j in 0..<k {
                     let src = ti - (k - 1) + j
                     if src < 0 { continue }
-                    let xr = px + (bi * t + src) * c, wr = pwt + j * c
-                    var i = 0
-                    while i + 16 <= c { store16(out + i, load16(out + i).addingProduct(load16(wr + i), load16(xr + i))); i += 16 }
-                    while i < c { out[i] += wr[i] * xr[i]; i += 1 }
+                    multiplyAdd(out, pwt + j * c, px + (bi * t + src) * c, count: c)
                 }
                 if silu { siluElements(out, py + row * c, count: c) }
             }
@@ -178,19 +175,13 @@ func causalConvBackward(_ g: Tensor, _ x: Tensor, _ w: Tensor, hasBias: Bool, si
                         for j in 0..<k {
                             let dst = ti + (k - 1) - j
                             if dst >= t { continue }
-                            let gr = tile.pointer + (dst - t0) * c, wr = pwt + j * c
-                            var i = 0
-                            while i + 16 <= c { store16(dxr + i, load16(dxr + i).addingProduct(load16(wr + i), load16(gr + i))); i += 16 }
-                            while i < c { dxr[i] += wr[i] * gr[i]; i += 1 }
+                            multiplyAdd(dxr, pwt + j * c, tile.pointer + (dst - t0) * c, count: c)
                         }
                         // dw[j] += da[ti] ⊙ x[ti − (k−1) + j]
                         for j in 0..<k {
                             let src = ti - (k - 1) + j
                             if src < 0 { continue }
-                            let xr = px + (bi * t + src) * c, dwr = dw + j * c
-                            var i = 0
-                            while i + 16 <= c { store16(dwr + i, load16(dwr + i).addingProduct(load16(xr + i), load16(dar + i))); i += 16 }
-                            while i < c { dwr[i] += xr[i] * dar[i]; i += 1 }
+                            multiplyAdd(dw + j * c, px + (bi * t + src) * c, dar, count: c)
                         }
                     }
                 }
@@ -207,4 +198,12 @@ func causalConvBackward(_ g: Tensor, _ x: Tensor, _ w: Tensor, hasBias: Bool, si
     for ci in 0..<c { for j in 0..<k { pdwOut[ci * k + j] = sums[j * c + ci] } }
     let db = Tensor(shape: [c], scalars: Array(sums[(k * c)...]))
     return (dx, dw, db)
+}
+
+/// y[i] += a[i] · b[i] for i < count: fused multiply-adds on whole vectors, a multiply and an add
+/// for the last count mod 16 elements.
+@inline(__always) private func multiplyAdd(_ y: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count c: Int) {
+    var i = 0
+    while i + 16 <= c { store16(y + i, load16(y + i).addingProduct(load16(a + i), load16(b + i))); i += 16 }
+    while i < c { y[i] += a[i] * b[i]; i += 1 }
 }
