@@ -163,8 +163,10 @@ final class WorkerPool: @unchecked Sendable {
         var seen = start
         while true {
             seen = waitForJob(after: seen)
-            runChunk(index)   // its reference to the job is gone when it returns: the caller's
-            pending.subtract(1, ordering: .releasing)   // closure must not outlive its loop
+            // The chunk runs in a function of its own so that this thread holds no reference to
+            // the caller's closure once it reports done (the closure must not outlive its loop).
+            runChunk(index)
+            pending.subtract(1, ordering: .releasing)
         }
     }
 
