@@ -33,7 +33,10 @@ public enum Checkpoint {
             if let m = optimizer.firstMoments[p.name] { tensors["optimizer.m.\(p.name)"] = m }
             if let v = optimizer.secondMoments[p.name] { tensors["optimizer.v.\(p.name)"] = v }
         }
-        let progressJSON = String(decoding: try JSONEncoder().encode(progress), as: UTF8.self)
+        // Sorted keys: the same run writes the same bytes (JSONEncoder's order otherwise varies by process).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let progressJSON = String(decoding: try encoder.encode(progress), as: UTF8.self)
         try SafeTensors.write(tensors, metadata: [progressKey: progressJSON, formatKey: format,
                                                   "zoo.adam_step": String(optimizer.stepCount)], to: url.path)
     }

@@ -43,6 +43,9 @@ func trainLosses(_ dir: URL) throws -> [String] {
         _ = try ExperimentRunner.train(run, output: b, root: ".", resume: false, log: quiet)
         #expect(try trainLosses(a) == trainLosses(b))
         #expect(try trainLosses(a).count >= 6)
+        // The checkpoints too, byte for byte (metadata included: its JSON has sorted keys).
+        let checkpoint = "tiny/run/checkpoint.safetensors"
+        #expect(try Data(contentsOf: a.appendingPathComponent(checkpoint)) == Data(contentsOf: b.appendingPathComponent(checkpoint)))
     }
 
     @Test func interruptedAndResumedRunEndsWithTheSameLossesAndWeights() throws {
