@@ -41,7 +41,7 @@ public typealias F16 = SIMD16<Float>
 }
 
 /// Scalar exp through the same polynomial (bit-identical to one lane of `fastExp`), for tails.
-@inlinable @inline(__always) public func fastExp(_ x: Float) -> Float { fastExp(F16(repeating: x))[0] }
+@inlinable @inline(always) public func fastExp(_ x: Float) -> Float { fastExp(F16(repeating: x))[0] }
 
 /// Natural log for 16 positive, finite lanes: relative error ~2e-7. Zero gives a large negative
 /// number (not -inf); callers guard their domain.

@@ -145,7 +145,7 @@ public func flashAttentionBackward(
                 }
                 let stat = stats.pointer + (g * rowsPerGroup + row) * 2
                 stat[0] = lp.pointer[(b * s.queryHeads + h) * s.queryLength + t]
-                stat[1] = simdDot(gRow, oRow, dvDim)
+                stat[1] = Lanes.dot(gRow, oRow, dvDim)
             }
         }
     }

@@ -340,8 +340,8 @@ private func onlineSoftmaxRow(
             for v in 0..<4 { store16(seg + 16 * v, cap * Lanes.tanh(load16(seg + 16 * v))) }
         }
         if key0 >= lower && key0 + width <= upper {
-            mx0 = Lanes.max(mx0, Lanes.max(load16(seg), load16(seg + 16)))
-            mx1 = Lanes.max(mx1, Lanes.max(load16(seg + 32), load16(seg + 48)))
+            mx0 = vmax(mx0, vmax(load16(seg), load16(seg + 16)))
+            mx1 = vmax(mx1, vmax(load16(seg + 32), load16(seg + 48)))
         } else {
             // The visible interval relative to the panel, clamped to 0...64.
             let lo = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, lower - key0))))
@@ -351,11 +351,11 @@ private func onlineSoftmaxRow(
                 let hidden = (idx .< lo) .| (idx .>= hi)
                 let x = load16(seg + 16 * v).replacing(with: -.infinity, where: hidden)
                 store16(seg + 16 * v, x)
-                if v & 1 == 0 { mx0 = Lanes.max(mx0, x) } else { mx1 = Lanes.max(mx1, x) }
+                if v & 1 == 0 { mx0 = vmax(mx0, x) } else { mx1 = vmax(mx1, x) }
             }
         }
     }
-    let tileMax = Lanes.maxLane(Lanes.max(mx0, mx1))
+    let tileMax = Lanes.maxLane(vmax(mx0, mx1))
     let mOld = rowMax.pointee
     let mNew = Swift.max(mOld, tileMax)
     if mNew == -.infinity {
@@ -365,7 +365,7 @@ private func onlineSoftmaxRow(
     if mNew > mOld {
         let alpha = mOld == -.infinity ? 0 : Lanes.exp2(mOld - mNew)
         rowSum.pointee *= alpha
-        Lanes.scale(output, alpha, valueStride)
+        simdScale(output, alpha, valueStride)
         rowMax.pointee = mNew
     }
     let m = F16(repeating: mNew)

@@ -20,9 +20,9 @@ public func nsaCompressMean(_ x: Tensor, options o: NSAOptions = NSAOptions()) -
             let b = item / max(Nc, 1), i = item % max(Nc, 1)
             let out = dst.pointer + (b * Nc + i) * width
             for u in (i * o.compressStride) ..< (i * o.compressStride + o.compressBlock) {
-                NSALanes.axpy(1, src.pointer + (b * T + u) * width, out, width)
+                simdAxpy(1, src.pointer + (b * T + u) * width, out, width)
             }
-            NSALanes.scale(out, inv, width)
+            simdScale(out, inv, width)
         }
     }
     withExtendedLifetime(x) {}
@@ -50,7 +50,7 @@ public func nsaCompressMeanBackward(_ dy: Tensor, tokens T: Int, options o: NSAO
             if iLo > iHi { continue }
             let out = dst.pointer + (b * T + u) * width
             for i in iLo...iHi where u < i * o.compressStride + o.compressBlock {
-                NSALanes.axpy(inv, src.pointer + (b * Nc + i) * width, out, width)
+                simdAxpy(inv, src.pointer + (b * Nc + i) * width, out, width)
             }
         }
     }

@@ -209,7 +209,7 @@ func nsaPackQueryRows(_ plan: NSAPlan, _ q: UnsafePointer<Float>, b: Int, hk: In
     let n = plan.G * plan.dk
     let sc = F16(repeating: scale)
     var i = 0
-    while i + 16 <= n { NSALanes.store(dst + i, NSALanes.load(src + i) * sc); i += 16 }
+    while i + 16 <= n { store16(dst + i, load16(src + i) * sc); i += 16 }
     while i < n { dst[i] = src[i] * scale; i += 1 }
 }
 
@@ -334,9 +334,9 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 let nv = o.visibleCompressed(position: plan.position(ta + r / G))
                 let row = s + r * nk
                 if nv == 0 { row.update(repeating: 0, count: nk); w.m[r] = -.infinity; w.l[r] = 0; continue }
-                let mx = NSALanes.max(row, nv)
+                let mx = Lanes.max(row, nv)
                 let sum = nsaExpRow(row, count: nk, lo: 0, hi: nv, shift: mx)
-                NSALanes.scale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
+                simdScale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
                 w.m[r] = mx; w.l[r] = sum
             }
             nsaGemm(m: rowsT, n: dv, k: nk, a: s, lda: nk, b: vcBase, ldb: Hk * dv, c: w.acc, ldc: dv)
@@ -360,7 +360,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 if nv > 0 {
                     let base = s + (t - ta) * G * nk
                     w.pSum.update(from: base, count: nv)
-                    for g in 1..<max(G, 1) { NSALanes.axpy(1, base + g * nk, w.pSum, nv) }
+                    for g in 1..<max(G, 1) { simdAxpy(1, base + g * nk, w.pSum, nv) }
                 }
                 map.scores(pSum: w.pSum, visible: nv, current: current, into: w.scoreRow)
                 _ = nsaTopBlocks(scores: w.scoreRow, position: p, options: o, out: selRow)
@@ -397,7 +397,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 let a = F16(repeating: w.alpha[i])
                 let dst = w.acc + R * dv, src = w.pv + i * dv
                 var e = 0
-                while e + 16 <= dv { NSALanes.store(dst + e, NSALanes.load(src + e).addingProduct(a, NSALanes.load(dst + e))); e += 16 }
+                while e + 16 <= dv { store16(dst + e, load16(src + e).addingProduct(a, load16(dst + e))); e += 16 }
                 while e < dv { dst[e] = src[e] + w.alpha[i] * dst[e]; e += 1 }
                 w.m[R] = w.mg[i]; w.l[R] = w.lg[i]
             }
@@ -507,7 +507,7 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
         for row in range {
             for c in 0..<3 {
                 let sg = 1 / (1 + exp(-ptr.gates[row * 3 + c]))
-                let dot = NSALanes.dot(dO.pointer + row * dv, brP.pointer + c * branchStride + row * dv, dv)
+                let dot = Lanes.dot(dO.pointer + row * dv, brP.pointer + c * branchStride + row * dv, dv)
                 sigma[row * 3 + c] = sg
                 ggP[row * 3 + c] = sg * (1 - sg) * dot
                 delta[c * rowsTotal + row] = sg * dot
@@ -561,7 +561,7 @@ public func nsaBackward(_ x: NSAInputs, forward f: NSAForwardResult, outputGradi
                              _ rowsTotal: Int, _ d: Int) {
                         let lo = max(r0, srcLo), hi = min(r0 + rowBlock, srcLo + srcRows, rowsTotal)
                         if lo >= hi { return }
-                        for u in lo..<hi { NSALanes.axpy(1, src + (u - srcLo) * d, dst + ((b * rowsTotal + u) * Hk + hk) * d, d) }
+                        for u in lo..<hi { simdAxpy(1, src + (u - srcLo) * d, dst + ((b * rowsTotal + u) * Hk + hk) * d, d) }
                     }
                     add(part.kc, 0, part.cmpRows, gkcP.pointer, plan.Nc, dk); add(part.vc, 0, part.cmpRows, gvcP.pointer, plan.Nc, dv)
                     add(part.ks, 0, part.selRows, gksP.pointer, plan.Tk, dk); add(part.vs, 0, part.selRows, gvsP.pointer, plan.Tk, dv)
@@ -599,7 +599,7 @@ struct NSABackwardContext: @unchecked Sendable {
             let h = hk * G + g
             let row = (b * p.Tq + t) * p.Hq + h
             let sg = sigma[row * 3 + c]
-            NSALanes.scaledCopy(w.dOp + (r + g) * dv, dO + row * dv, sg, dv)
+            Lanes.scaledCopy(w.dOp + (r + g) * dv, dO + row * dv, sg, dv)
             w.lseg[r + g] = lse[c * stride + row]
             w.deltag[r + g] = delta[c * stride + row]
         }
@@ -663,7 +663,7 @@ func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: In
                                  vt: ctx.x.vsT!.panel(b, hk, from: key0),
                                  dO: w.dOp, lse: w.lseg, delta: w.deltag, s: w.s, dp: w.dp, dq: w.pv, lddq: dk,
                                  dK: part.ks + key0 * dk, lddk: dk, dV: part.vs + key0 * dv, lddv: dv)
-            for i in 0..<r { NSALanes.axpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
+            for i in 0..<r { simdAxpy(1, w.pv + i * dk, w.dq + Int(w.rowIndex[i]) * dk, dk) }
         }
     }
 
@@ -696,6 +696,6 @@ func nsaBackwardChunk(_ ctx: NSABackwardContext, _ w: NSAScratch, b: Int, hk: In
 
     // dq = scale · Σ dS k (the scale of S = scale·q·k).
     for t in t0..<t1 {
-        NSALanes.scaledCopy(dq + ((b * plan.Tq + t) * plan.Hq + hk * G) * dk, w.dq + (t - t0) * G * dk, plan.scale, G * dk)
+        Lanes.scaledCopy(dq + ((b * plan.Tq + t) * plan.Hq + hk * G) * dk, w.dq + (t - t0) * G * dk, plan.scale, G * dk)
     }
 }

@@ -181,13 +181,13 @@ public func nsaDecodeStep(q: Tensor, gates: Tensor, cache c: NSADecodeCache)
         qs.withUnsafeBufferPointer { qb in
             logits.withUnsafeMutableBufferPointer { lb in
                 var mx = -Float.infinity
-                for i in 0..<count { let s = NSALanes.dot(qb.baseAddress!, key(i), dk); lb[i] = s; if s > mx { mx = s } }
+                for i in 0..<count { let s = Lanes.dot(qb.baseAddress!, key(i), dk); lb[i] = s; if s > mx { mx = s } }
                 var sum: Float = 0
-                for i in 0..<count { let e = NSALanes.exp(lb[i] - mx); lb[i] = e; sum += e }
+                for i in 0..<count { let e = fastExp(lb[i] - mx); lb[i] = e; sum += e }
                 let inv = 1 / sum
                 for i in 0..<count {
                     let pr = lb[i] * inv
-                    NSALanes.axpy(pr, value(i), dst, dv)
+                    simdAxpy(pr, value(i), dst, dv)
                     probabilities?[i] = pr
                 }
             }

@@ -38,19 +38,19 @@ func nsaExpRow(_ row: UnsafeMutablePointer<Float>, count nk: Int, lo: Int, hi: I
     var a0 = F16(), a1 = F16()
     var i = lo
     while i + 32 <= hi {
-        let e0 = NSALanes.exp(NSALanes.load(row + i) - sh), e1 = NSALanes.exp(NSALanes.load(row + i + 16) - sh)
-        NSALanes.store(row + i, e0); NSALanes.store(row + i + 16, e1)
+        let e0 = fastExp(load16(row + i) - sh), e1 = fastExp(load16(row + i + 16) - sh)
+        store16(row + i, e0); store16(row + i + 16, e1)
         a0 += e0; a1 += e1
         i += 32
     }
     while i + 16 <= hi {
-        let e = NSALanes.exp(NSALanes.load(row + i) - sh)
-        NSALanes.store(row + i, e); a0 += e
+        let e = fastExp(load16(row + i) - sh)
+        store16(row + i, e); a0 += e
         i += 16
     }
-    var sum = NSALanes.sumLanes(a0 + a1)
+    var sum = Lanes.sumLanes(a0 + a1)
     if i < hi {
-        let e = NSALanes.exp(NSALanes.load(row + i) - sh)
+        let e = fastExp(load16(row + i) - sh)
         for k in 0..<(hi - i) { row[i + k] = e[k]; sum += e[k] }
     }
     if hi < nk { (row + hi).update(repeating: 0, count: nk - hi) }
@@ -139,10 +139,10 @@ func nsaOnlineRows(rows: NSARows, keys nk: Int, s: UnsafeMutablePointer<Float>, 
         let row = s + r * nk
         let lo = Int(rows.lo[r]), hi = Int(rows.hi[r])
         if lo >= hi { row.update(repeating: 0, count: nk); alpha[r] = 1; continue }
-        let mx = NSALanes.max(row + lo, hi - lo)
+        let mx = Lanes.max(row + lo, hi - lo)
         let mOld = m[r]
         let mNew = mOld > mx ? mOld : mx
-        let a: Float = mOld == -.infinity ? 0 : NSALanes.exp(mOld - mNew)
+        let a: Float = mOld == -.infinity ? 0 : fastExp(mOld - mNew)
         let sum = nsaExpRow(row, count: nk, lo: lo, hi: hi, shift: mNew)
         l[r] = l[r] * a + sum
         m[r] = mNew
@@ -161,7 +161,7 @@ func nsaTileForward(rows: NSARows, keys nk: Int, dk: Int, dv: Int, q: UnsafePoin
     if M == 0 || nk == 0 { return }
     nsaTileScores(rows: M, keys: nk, dk: dk, q: q, kt: kt, s: s)
     nsaOnlineRows(rows: rows, keys: nk, s: s, m: m, l: l, alpha: alpha)
-    for r in 0..<M where alpha[r] != 1 { NSALanes.scale(acc + r * ldacc, alpha[r], dv) }
+    for r in 0..<M where alpha[r] != 1 { simdScale(acc + r * ldacc, alpha[r], dv) }
     nsaGemm(m: M, n: dv, k: nk, a: s, lda: nk, b: v, ldb: ldv, beta: 1, c: acc, ldc: ldacc)
 }
 
@@ -182,7 +182,7 @@ func nsaTileScoreGradient(rows M: Int, keys nk: Int, p: UnsafePointer<Float>, dp
         let pr = p + r * nk, dr = dp + r * nk
         let d = F16(repeating: delta[r])
         var i = 0
-        while i + 16 <= nk { NSALanes.store(dr + i, NSALanes.load(pr + i) * (NSALanes.load(dr + i) - d)); i += 16 }
+        while i + 16 <= nk { store16(dr + i, load16(pr + i) * (load16(dr + i) - d)); i += 16 }
         while i < nk { dr[i] = pr[i] * (dr[i] - delta[r]); i += 1 }
     }
 }
