@@ -112,7 +112,7 @@ final class NSATransposed: @unchecked Sendable {
             for item in range {
                 let bh = item / blocks, blk = item % blocks, t0 = blk * block, t1 = min(T, t0 + block)
                 let b = bh / H, h = bh % H
-                // 16×16 register transposes (AttentionMath): ~4× a scalar scatter.
+                // 16×16 register transposes (transposeRows, AttentionMath.swift): ~4× a scalar scatter.
                 transposeRows(t1 - t0, D, row: { UnsafePointer(src.pointer + ((b * T + t0 + $0) * H + h) * D) },
                               into: dst.pointer + item * D * block, ldd: block)
             }
@@ -336,7 +336,7 @@ func nsaForwardChunk(_ plan: NSAPlan, _ x: NSAPointers, _ w: NSAScratch, b: Int,
                 if nv == 0 { row.update(repeating: 0, count: nk); w.m[r] = -.infinity; w.l[r] = 0; continue }
                 let mx = Lanes.max(row, nv)
                 let sum = nsaExpRow(row, count: nk, lo: 0, hi: nv, shift: mx)
-                simdScale(row, 1 / sum, nv)          // normalised: these are p_cmp, also for Eq. 9
+                simdScale(row, 1 / sum, nv)   // normalised: these are p_cmp, also for Eq. 9
                 w.m[r] = mx; w.l[r] = sum
             }
             nsaGemm(m: rowsT, n: dv, k: nk, a: s, lda: nk, b: vcBase, ldb: Hk * dv, c: w.acc, ldc: dv)
