@@ -4,27 +4,25 @@
 //   out: dq [B,Tq,Hq,d], dk [B,Tk,Hk,d], dv [B,Tk,Hk,dv]
 //
 //   D_i = Σ_c dO_ic o_ic                         (once per row, O(T·dv))
-//   per tile (a block of query rows × a block of keys), with σ = scale (softcap c: scale/c):
-//     U  = σ·(q·Kᵀ)               (softcap: s = c·tanh U; otherwise s = U)
+//   per tile (a block of query rows × a block of keys):
+//     U  = Q'·Kᵀ  with Q' = q·scale (softcap c: q·scale/c, s = c·tanh U; otherwise s = U)
 //     P  = exp(s − lse)          (0 where masked)
 //     dP = dO·Vᵀ
 //     dU = P ∘ (dP − D)          (softcap: ∘ c·(1 − tanh² U), the derivative of s w.r.t. U)
-//     dV += Pᵀ·dO,  dK' += dUᵀ·q,  dQ' += dU·K        and finally dk = σ·dK', dq = σ·dQ'
+//     dV += Pᵀ·dO,  dK += dUᵀ·Q',  dQ' += dU·K        and finally dq = dQ'·(scale, or scale/c)
 //
 // Work is split by (batch, KV head, a residue class of key blocks): an item owns the dK, dV rows of
 // its key blocks outright (the group's query heads are rows of the same tiles, so GQA sums over them
 // inside the microkernel), and adds its dQ contributions into a private partial buffer; the
 // partials are summed in a fixed order at the end. The number of classes depends on the shape only,
-// so the result is the same for every thread count. Memory: packed copies of k and v (each the size
-// of its input), of q and dO unless they are read in place (below), and the dQ partials — O(T·d),
-// never a T×T matrix; the two score tiles are 96 × 128 floats per worker.
+// so the result is the same for every thread count. Memory: packed copies of q, dO, k, v (each the
+// size of its input) and the dQ partials — O(T·d), never a T×T matrix; the two score tiles are
+// 96 × 128 floats per worker.
 //
-// Every product goes through the 6×64 microkernel:
-//   U, dP    rows = queries, k = d (or dv), B = keys/values transposed in 64-key panels (packed)
-//   dV, dK'  rows = keys, k = query rows of the block, A = P or dU read column-wise, B = dO or q rows
+// Every product goes through the 6×64 microkernel on operands packed once per call:
+//   U, dP    rows = queries, k = d (or dv), B = keys/values transposed in 64-key panels
+//   dV, dK   rows = keys, k = query rows of the block, A = P or dU read column-wise
 //   dQ'      rows = queries, k = keys the row group sees, B = key rows
-// Rows of q, dO and k are read where they lie when they are a fixed stride apart and a multiple
-// of 16 wide (q and dO: one query head per KV head, or one KV head); otherwise they are packed.
 
 import Foundation
 import ZooTensor
@@ -75,21 +73,14 @@ public func flashAttentionBackward(
     // at this granularity; the price is one dQ partial (the size of dq) per class.
     let classes = Swift.max(1, Swift.min(keyBlocks, (16 + groups - 1) / groups))
 
-    // Operands. The query rows of a group lie a fixed stride apart in q and dO when each KV head
-    // has one query head (G = 1) or there is one KV head: the products then read them in place
-    // (when d, dv are multiples of 16, the microkernels' widths), and key rows always are. The
-    // rest is packed once (all O(T·d)). The query scale is applied to the scores and to dK and
-    // dq afterwards, so Q is never rescaled.
+    // Packed operands (all O(T·d)).
     let rowFloats = rowsPerGroup * dPad, rowValueFloats = rowsPerGroup * dvPad
-    let uniformRows = G == 1 || s.keyValueHeads == 1
-    let queriesInPlace = uniformRows && d == dPad, gradOutInPlace = uniformRows && dvDim == dvPad
-    let keysInPlace = d == dPad
-    let queries = ScratchBuffer(count: queriesInPlace ? 0 : groups * rowFloats, zeroed: false)          // Q rows [g][row][dPad]
-    let gradOut = ScratchBuffer(count: gradOutInPlace ? 0 : groups * rowValueFloats, zeroed: false)     // dO rows [g][row][dvPad]
+    let queries = ScratchBuffer(count: groups * rowFloats, zeroed: false)          // Q' rows [g][row][dPad]
+    let gradOut = ScratchBuffer(count: groups * rowValueFloats, zeroed: false)     // dO rows [g][row][dvPad]
     let rowStats = ScratchBuffer(count: groups * rowsPerGroup * 2, zeroed: false)  // lse, D per row
     let keysT = ScratchBuffer(count: groups * panelCount * d * width, zeroed: false)       // [g][p][d][64]
     let valuesT = ScratchBuffer(count: groups * panelCount * dvDim * width, zeroed: false) // [g][p][dv][64]
-    let keyRows = ScratchBuffer(count: keysInPlace ? 0 : groups * paddedKeys * dPad, zeroed: false)  // [g][key][dPad]
+    let keyRows = ScratchBuffer(count: groups * paddedKeys * dPad, zeroed: false)         // [g][key][dPad]
     let partials = ScratchBuffer(count: classes * groups * rowFloats, zeroed: true)       // dQ' [c][g][row][dPad]
 
     let qp = SendablePointer(UnsafeMutablePointer(mutating: q)), kp = SendablePointer(UnsafeMutablePointer(mutating: k))
@@ -100,28 +91,7 @@ public func flashAttentionBackward(
     let partialp = SendablePointer(partials.pointer)
     let dqp = SendablePointer(dq), dkp = SendablePointer(dk), dvp = SendablePointer(dv)
 
-    /// Group g's query rows (row r at base + r·stride) in q, or in the packed copy.
-    let queryRowStride = queriesInPlace ? (G == 1 ? s.queryHeads * d : d) : dPad
-    func queryRows(_ g: Int) -> UnsafePointer<Float> {
-        if !queriesInPlace { return UnsafePointer(Qp.pointer + g * rowFloats) }
-        let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
-        return UnsafePointer(qp.pointer + (b * s.queryLength * s.queryHeads + kvh * G) * d)
-    }
-    let gradOutRowStride = gradOutInPlace ? (G == 1 ? s.queryHeads * dvDim : dvDim) : dvPad
-    func gradOutRows(_ g: Int) -> UnsafePointer<Float> {
-        if !gradOutInPlace { return UnsafePointer(dOp.pointer + g * rowValueFloats) }
-        let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
-        return UnsafePointer(gp.pointer + (b * s.queryLength * s.queryHeads + kvh * G) * dvDim)
-    }
-    /// Group g's key rows (key j at base + j·stride) in k, or in the packed copy.
-    let keyRowStride = keysInPlace ? s.keyValueHeads * d : dPad
-    func keyRowsOf(_ g: Int) -> UnsafePointer<Float> {
-        if !keysInPlace { return UnsafePointer(Kp.pointer + g * paddedKeys * dPad) }
-        let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
-        return UnsafePointer(kp.pointer + (b * s.keyLength * s.keyValueHeads + kvh) * d)
-    }
-
-    // Query side: lse and D = rowsum(dO ∘ o) per row; Q and dO rows where they are packed.
+    // Query side: Q' rows, dO rows, lse and D = rowsum(dO ∘ o) per row.
     let rowChunk = 64
     let rowChunks = (rowsPerGroup + rowChunk - 1) / rowChunk
     ZooThreads.parallelFor(groups * rowChunks) { range in
@@ -130,26 +100,22 @@ public func flashAttentionBackward(
             let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
             for row in chunk * rowChunk ..< Swift.min(rowsPerGroup, (chunk + 1) * rowChunk) {
                 let t = row / G, h = kvh * G + row % G
-                if !queriesInPlace {
-                    let qRow = qp.pointer + ((b * s.queryLength + t) * s.queryHeads + h) * d
-                    let Q = Qp.pointer + g * rowFloats + row * dPad
-                    Q.update(from: qRow, count: d)
-                    (Q + d).update(repeating: 0, count: dPad - d)
-                }
+                let qRow = qp.pointer + ((b * s.queryLength + t) * s.queryHeads + h) * d
+                let Q = Qp.pointer + g * rowFloats + row * dPad
+                for c in 0..<d { Q[c] = qRow[c] * queryScale }
+                for c in d..<dPad { Q[c] = 0 }
                 let gRow = gp.pointer + ((b * s.queryLength + t) * s.queryHeads + h) * dvDim
                 let oRow = op.pointer + ((b * s.queryLength + t) * s.queryHeads + h) * dvDim
-                if !gradOutInPlace {
-                    let dOut = dOp.pointer + g * rowValueFloats + row * dvPad
-                    dOut.update(from: gRow, count: dvDim)
-                    (dOut + dvDim).update(repeating: 0, count: dvPad - dvDim)
-                }
+                let dOut = dOp.pointer + g * rowValueFloats + row * dvPad
+                dOut.update(from: gRow, count: dvDim)
+                (dOut + dvDim).update(repeating: 0, count: dvPad - dvDim)
                 let stat = stats.pointer + (g * rowsPerGroup + row) * 2
                 stat[0] = lp.pointer[(b * s.queryHeads + h) * s.queryLength + t]
                 stat[1] = Lanes.dot(gRow, oRow, dvDim)
             }
         }
     }
-    // Key side: keys and values transposed per panel, and key rows where they are packed.
+    // Key side: keys and values transposed per panel, and key rows.
     ZooThreads.parallelFor(groups * panelCount) { range in
         for item in range {
             let g = item / panelCount, p = item % panelCount
@@ -165,7 +131,6 @@ public func flashAttentionBackward(
                 for c in 0..<d { (kt + c * width + count).update(repeating: 0, count: width - count) }
                 for c in 0..<dvDim { (vt + c * width + count).update(repeating: 0, count: width - count) }
             }
-            if keysInPlace { continue }
             for j in 0..<width {
                 let kRowOut = Kp.pointer + (g * paddedKeys + p * width + j) * dPad
                 if j < count {
@@ -196,7 +161,7 @@ public func flashAttentionBackward(
     }) { item, scratch in
         let g = item / classes, cls = item % classes
         let b = g / s.keyValueHeads, kvh = g % s.keyValueHeads
-        let Q = queryRows(g), dOut = gradOutRows(g), K = keyRowsOf(g)
+        let Q = Qp.pointer + g * rowFloats, dOut = dOp.pointer + g * rowValueFloats
         let rowStat = stats.pointer + g * rowsPerGroup * 2
         let dQ = partialp.pointer + (cls * groups + g) * rowFloats
         let ldS = keyBlockWidth
@@ -233,16 +198,16 @@ public func flashAttentionBackward(
                     scratch.groupFirst[r0 / 6] = first
                     scratch.groupLast[r0 / 6] = last
                     scratch.groupEnd[r0 / 6] = groupHi
-                    let qRows = Q + (rowStart + r0) * queryRowStride, gRows = dOut + (rowStart + r0) * gradOutRowStride
+                    let qRows = Q + (rowStart + r0) * dPad, gRows = dOut + (rowStart + r0) * dvPad
                     if first < last {
                         for c in first..<last {
                             // Only the 16-key chunks the group sees of a diagonal panel; the rest
                             // is masked to 0 by gradientRow.
                             let columns = Swift.min(width, (groupHi - (k0 + c * width) + 15) & ~15)
-                            tileMultiply(m: groupRows, n: columns, k: d, a: qRows, aRowStride: queryRowStride, aStep: 1,
+                            tileMultiply(m: groupRows, n: columns, k: d, a: qRows, aRowStride: dPad, aStep: 1,
                                          b: Ktp.pointer + (g * panelCount + p0 + c) * d * width, ldb: width,
                                          c: S + r0 * ldS + c * width, ldc: ldS, accumulate: false)
-                            tileMultiply(m: groupRows, n: columns, k: dvDim, a: gRows, aRowStride: gradOutRowStride, aStep: 1,
+                            tileMultiply(m: groupRows, n: columns, k: dvDim, a: gRows, aRowStride: dvPad, aStep: 1,
                                          b: Vtp.pointer + (g * panelCount + p0 + c) * dvDim * width, ldb: width,
                                          c: dP + r0 * ldS + c * width, ldc: ldS, accumulate: false)
                         }
@@ -252,11 +217,11 @@ public func flashAttentionBackward(
                         let (lo, hi) = mask.interval(position: row / G + offset)
                         gradientRow(S + (r0 + r) * ldS, dP + (r0 + r) * ldS, keys: keys, key0: k0,
                                     first: first, last: last, lower: lo, upper: hi,
-                                    logSumExp: rowStat[row * 2], delta: rowStat[row * 2 + 1], scoreScale: queryScale, softcap: softcap)
+                                    logSumExp: rowStat[row * 2], delta: rowStat[row * 2 + 1], softcap: softcap)
                     }
                     r0 += 6
                 }
-                // dV += Pᵀ·dO and dK' += dUᵀ·q over the block's rows. Where the block's rows all
+                // dV += Pᵀ·dO and dK += dUᵀ·Q' over the block's rows. Where the block's rows all
                 // see all its keys, in one pass; where they cut the mask's edge (the causal
                 // diagonal), key chunk by key chunk over only the rows that see some key of the
                 // chunk: the others have P = dU = 0 there, so the sums are the same, and the
@@ -280,11 +245,9 @@ public func flashAttentionBackward(
                     if !seen.isEmpty {
                         let a0 = seen.lowerBound - rowStart
                         tileMultiply(m: j1 - j0, n: dvPad, k: seen.count, a: S + a0 * ldS + j0, aRowStride: 1, aStep: ldS,
-                                     b: dOut + seen.lowerBound * gradOutRowStride, ldb: gradOutRowStride,
-                                     c: dV + j0 * dvPad, ldc: dvPad, accumulate: true)
+                                     b: dOut + seen.lowerBound * dvPad, ldb: dvPad, c: dV + j0 * dvPad, ldc: dvPad, accumulate: true)
                         tileMultiply(m: j1 - j0, n: dPad, k: seen.count, a: dP + a0 * ldS + j0, aRowStride: 1, aStep: ldS,
-                                     b: Q + seen.lowerBound * queryRowStride, ldb: queryRowStride,
-                                     c: dK + j0 * dPad, ldc: dPad, accumulate: true)
+                                     b: Q + seen.lowerBound * dPad, ldb: dPad, c: dK + j0 * dPad, ldc: dPad, accumulate: true)
                     }
                     j0 = j1
                 }
@@ -298,7 +261,7 @@ public func flashAttentionBackward(
                         let keys = Swift.min((last - first) * width, scratch.groupEnd[r0 / 6] - (k0 + first * width))
                         tileMultiply(m: groupRows, n: dPad, k: keys,
                                      a: dP + r0 * ldS + first * width, aRowStride: ldS, aStep: 1,
-                                     b: K + (k0 + first * width) * keyRowStride, ldb: keyRowStride,
+                                     b: Kp.pointer + (g * paddedKeys + k0 + first * width) * dPad, ldb: dPad,
                                      c: dQ + (rowStart + r0) * dPad, ldc: dPad, accumulate: true)
                     }
                     r0 += 6
@@ -310,7 +273,7 @@ public func flashAttentionBackward(
                 let key = k0 + j
                 let dkRow = dkp.pointer + ((b * s.keyLength + key) * s.keyValueHeads + kvh) * d
                 let dvRow = dvp.pointer + ((b * s.keyLength + key) * s.keyValueHeads + kvh) * dvDim
-                for c in 0..<d { dkRow[c] = dK[j * dPad + c] * queryScale }
+                dkRow.update(from: dK + j * dPad, count: d)
                 dvRow.update(from: dV + j * dvPad, count: dvDim)
             }
             block += classes
@@ -344,7 +307,7 @@ public func flashAttentionBackward(
 private func gradientRow(
     _ scores: UnsafeMutablePointer<Float>, _ gradScores: UnsafeMutablePointer<Float>,
     keys: Int, key0: Int, first: Int, last: Int, lower: Int, upper: Int,
-    logSumExp: Float, delta: Float, scoreScale: Float, softcap: Float
+    logSumExp: Float, delta: Float, softcap: Float
 ) {
     let width = attentionPanelWidth
     if first >= last || lower >= upper {
@@ -360,10 +323,8 @@ private func gradientRow(
         (scores + last * width).update(repeating: 0, count: keys - last * width)
         (gradScores + last * width).update(repeating: 0, count: keys - last * width)
     }
-    // The raw scores are U/scale' (Q was not scaled). P = exp(s − lse) = 2^(U·log2 e − lse·log2 e):
-    // one FMA, then the cheaper exp2.
-    let scaledLog2e = F16(repeating: scoreScale * Lanes.log2e), minusLse2 = F16(repeating: -logSumExp * Lanes.log2e)
-    let uScale = F16(repeating: scoreScale)
+    // P = exp(s − lse) = 2^(s·log2 e − lse·log2 e): one FMA, then the cheaper exp2.
+    let log2e = F16(repeating: Lanes.log2e), minusLse2 = F16(repeating: -logSumExp * Lanes.log2e)
     let D = F16(repeating: delta), cap = F16(repeating: softcap), capLog2e = F16(repeating: softcap * Lanes.log2e)
     for c in first..<last {
         let panelKey0 = key0 + c * width
@@ -372,14 +333,14 @@ private func gradientRow(
         let hi = SIMD16<Int32>(repeating: Int32(Swift.max(0, Swift.min(width, upper - panelKey0))))
         let sRow = scores + c * width, gRow = gradScores + c * width
         for v in 0..<4 {
-            let raw = load16(sRow + 16 * v)
+            let u = load16(sRow + 16 * v)
             var p: F16, dU: F16
             if softcap > 0 {
-                let t = Lanes.tanh(raw * uScale)
+                let t = Lanes.tanh(u)
                 p = Lanes.exp2(minusLse2.addingProduct(t, capLog2e))
                 dU = p * (load16(gRow + 16 * v) - D) * (cap - cap * t * t)
             } else {
-                p = Lanes.exp2(minusLse2.addingProduct(raw, scaledLog2e))
+                p = Lanes.exp2(minusLse2.addingProduct(u, log2e))
                 dU = p * (load16(gRow + 16 * v) - D)
             }
             if !full {
