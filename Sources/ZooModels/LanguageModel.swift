@@ -80,13 +80,29 @@ public final class LanguageModel: Module {
     }
 
     /// Final hidden states [B, T, D] for token ids [B·T] (row-major).
+    ///
+    /// The same computation as `x = x + mixer(mixerNorm(x)); x = x + mlp(mlpNorm(x))` per block and
+    /// `norm(x)` at the end, with each residual sum fused to the norm that follows it
+    /// (`residualRMSNorm`): the residual stream and its next normalised copy come out of one pass,
+    /// and its gradient needs no separate sum. Bit-identical to the unfused form (tested).
     public func hidden(_ ids: [Int], batch: Int, length: Int) -> Variable {
         var x = embedding(ids, shape: [batch, length])
-        for b in blocks {
-            x = x + b.mixer(b.mixerNorm(x))
-            if let n = b.mlpNorm, let m = b.mlp { x = x + m(n(x)) }
+        // The residual branches in order, each with the norm that follows its sum.
+        var branches: [(branch: (Variable) -> Variable, nextNorm: RMSNorm)] = []
+        for (i, b) in blocks.enumerated() {
+            let afterBlock = i + 1 < blocks.count ? blocks[i + 1].mixerNorm : norm
+            if let n = b.mlpNorm, let m = b.mlp {
+                branches.append(({ b.mixer($0) }, n))
+                branches.append(({ m($0) }, afterBlock))
+            } else {
+                branches.append(({ b.mixer($0) }, afterBlock))
+            }
         }
-        return norm(x)
+        var normed = blocks[0].mixerNorm(x)
+        for (branch, nextNorm) in branches {
+            (x, normed) = residualRMSNorm(x, branch(normed), weight: nextNorm.weight, epsilon: nextNorm.epsilon)
+        }
+        return normed
     }
 
     /// Logits [rows, V] of hidden rows [rows, D] through the tied head (x · Eᵀ).

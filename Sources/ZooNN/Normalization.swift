@@ -87,40 +87,96 @@ public func rmsNorm(_ x: Variable, weight: Variable, epsilon: Float) -> Variable
     let (y, rstd) = rmsNormForward(x.value, weight.value, epsilon)
     let xv = x.value, wv = weight.value
     return record(y, inputs: [x, weight]) { g in
-        let d = wv.count, rows = xv.count / d
-        var dx = Tensor(uninitializedShape: xv.shape)
-        let blocks = (rows + rowsPerBlock - 1) / rowsPerBlock
-        var partials = Tensor.zeros([blocks, d])
-        let pdx = SendablePointer(dx.mutablePointer()), pdw = SendablePointer(partials.mutablePointer())
-        let px = SendablePointer(UnsafeMutablePointer(mutating: xv.pointer)), pw = SendablePointer(UnsafeMutablePointer(mutating: wv.pointer))
-        let pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer)), pr = SendablePointer(UnsafeMutablePointer(mutating: rstd.pointer))
-        ZooThreads.parallelFor(blocks, minChunk: Swift.max(1, 4096 / Swift.max(d * rowsPerBlock, 1))) { range in
-            for block in range {
-                let dwBlock = pdw + block * d
-                for r in (block * rowsPerBlock)..<Swift.min(rows, (block + 1) * rowsPerBlock) {
-                    let xr = px + r * d, gr = pg + r * d, dxr = pdx + r * d
-                    let rs = F16(repeating: pr[r])
-                    var dot = F16()
-                    var i = 0
-                    while i < d {
-                        let xhat = loadLanes(xr, i, d) * rs, gi = loadLanes(gr, i, d)
-                        storeLanes(dwBlock, i, d, loadLanes(dwBlock, i, d).addingProduct(gi, xhat))
-                        dot = dot.addingProduct(gi * loadLanes(pw.pointer, i, d), xhat)
-                        i += 16
-                    }
-                    let meanDot = F16(repeating: dot.sum() / Float(d))
-                    i = 0
-                    while i < d {
-                        let xhat = loadLanes(xr, i, d) * rs
-                        let gw = loadLanes(gr, i, d) * loadLanes(pw.pointer, i, d)
-                        storeLanes(dxr, i, d, rs * (gw - xhat * meanDot))
-                        i += 16
-                    }
+        let (dx, dw) = rmsNormBackward(x: xv, weight: wv, rstd: rstd, gradient: g, plus: nil)
+        return [dx, dw]
+    }
+}
+
+/// h = x + f and y = RMSNorm(h) ⊙ w as one node: a block's residual sum and the norm that follows
+/// it, in one pass over the rows (h is written and normalised while the row is in registers and
+/// L1). Its backward adds the gradient h receives downstream to the norm's input gradient in the
+/// same pass, so the residual stream needs no gradient sum of its own. Values and gradients are
+/// bit-identical to `rmsNorm(x + f, …)` (tested).
+public func residualRMSNorm(_ x: Variable, _ f: Variable, weight: Variable, epsilon: Float) -> (sum: Variable, normed: Variable) {
+    precondition(x.shape == f.shape, "residualRMSNorm: branch \(describe(f.shape)) differs from the residual stream \(describe(x.shape))")
+    let (h, y, rstd) = residualRMSNormForward(x.value, f.value, weight.value, epsilon)
+    let wv = weight.value
+    let outputs = recordMulti([h, y], inputs: [x, f, weight]) { grads in
+        if grads[0] == nil && grads[1] == nil { return [nil, nil, nil] }
+        let (dh, dw) = rmsNormBackward(x: h, weight: wv, rstd: rstd, gradient: grads[1], plus: grads[0])
+        return [dh, dh, dw]
+    }
+    return (outputs[0], outputs[1])
+}
+
+/// Forward of `residualRMSNorm`: h = x + f, y = RMSNorm(h) ⊙ w, and 1/rms per row.
+func residualRMSNormForward(_ x: Tensor, _ f: Tensor, _ w: Tensor, _ eps: Float) -> (h: Tensor, y: Tensor, rstd: Tensor) {
+    let d = x.shape.last ?? 1
+    precondition(w.shape == [d], "RMSNorm: input \(describe(x.shape)) does not end in the weight's size \(describe(w.shape))")
+    let rows = x.count / Swift.max(d, 1)
+    var h = Tensor(uninitializedShape: x.shape), y = Tensor(uninitializedShape: x.shape)
+    var rstd = Tensor(uninitializedShape: [rows])
+    let ph = SendablePointer(h.mutablePointer()), py = SendablePointer(y.mutablePointer()), pr = SendablePointer(rstd.mutablePointer())
+    let px = SendablePointer(UnsafeMutablePointer(mutating: x.pointer)), pf = SendablePointer(UnsafeMutablePointer(mutating: f.pointer))
+    let pw = SendablePointer(UnsafeMutablePointer(mutating: w.pointer))
+    ZooThreads.parallelFor(rows, minChunk: Swift.max(1, 8192 / Swift.max(d, 1))) { range in
+        for r in range {
+            let xr = px + r * d, fr = pf + r * d, hr = ph + r * d, yr = py + r * d
+            var i = 0
+            while i < d { storeLanes(hr, i, d, loadLanes(xr, i, d) + loadLanes(fr, i, d)); i += 16 }
+            // The same operations as rmsNormForward on h.
+            let r0 = rsqrtMeanSquare(simdDot(hr, hr, d), d, eps)
+            pr[r] = r0
+            let vr = F16(repeating: r0)
+            i = 0
+            while i < d { storeLanes(yr, i, d, loadLanes(hr, i, d) * vr * loadLanes(pw.pointer, i, d)); i += 16 }
+        }
+    }
+    return (h, y, rstd)
+}
+
+/// The backward of y = RMSNorm(x) ⊙ w given its saved 1/rms per row:
+///   dx = rstd · (g⊙w − x̂ · mean(g⊙w⊙x̂)) (+ `plus`, a gradient x receives from elsewhere),
+///   dw = Σ_rows g⊙x̂, summed per block of rows, then over blocks in order.
+/// A nil `gradient` counts as zero (then dx = plus).
+private func rmsNormBackward(x xv: Tensor, weight wv: Tensor, rstd: Tensor, gradient: Tensor?, plus: Tensor?) -> (dx: Tensor, dw: Tensor) {
+    guard let g = gradient else { return (plus ?? .zeros(xv.shape), .zeros(wv.shape)) }
+    let d = wv.count, rows = xv.count / d
+    var dx = Tensor(uninitializedShape: xv.shape)
+    let blocks = (rows + rowsPerBlock - 1) / rowsPerBlock
+    var partials = Tensor.zeros([blocks, d])
+    let pdx = SendablePointer(dx.mutablePointer()), pdw = SendablePointer(partials.mutablePointer())
+    let px = SendablePointer(UnsafeMutablePointer(mutating: xv.pointer)), pw = SendablePointer(UnsafeMutablePointer(mutating: wv.pointer))
+    let pg = SendablePointer(UnsafeMutablePointer(mutating: g.pointer)), pr = SendablePointer(UnsafeMutablePointer(mutating: rstd.pointer))
+    let pp = plus.map { SendablePointer(UnsafeMutablePointer(mutating: $0.pointer)) }
+    ZooThreads.parallelFor(blocks, minChunk: Swift.max(1, 4096 / Swift.max(d * rowsPerBlock, 1))) { range in
+        for block in range {
+            let dwBlock = pdw + block * d
+            for r in (block * rowsPerBlock)..<Swift.min(rows, (block + 1) * rowsPerBlock) {
+                let xr = px + r * d, gr = pg + r * d, dxr = pdx + r * d
+                let rs = F16(repeating: pr[r])
+                var dot = F16()
+                var i = 0
+                while i < d {
+                    let xhat = loadLanes(xr, i, d) * rs, gi = loadLanes(gr, i, d)
+                    storeLanes(dwBlock, i, d, loadLanes(dwBlock, i, d).addingProduct(gi, xhat))
+                    dot = dot.addingProduct(gi * loadLanes(pw.pointer, i, d), xhat)
+                    i += 16
+                }
+                let meanDot = F16(repeating: dot.sum() / Float(d))
+                i = 0
+                while i < d {
+                    let xhat = loadLanes(xr, i, d) * rs
+                    let gw = loadLanes(gr, i, d) * loadLanes(pw.pointer, i, d)
+                    var v = rs * (gw - xhat * meanDot)
+                    if let pp { v = v + loadLanes(pp.pointer + r * d, i, d) }
+                    storeLanes(dxr, i, d, v)
+                    i += 16
                 }
             }
         }
-        return [dx, sumBlocks(partials)]
     }
+    return (dx, sumBlocks(partials))
 }
 
 /// Σ over the leading axis of [blocks, d], blocks in order.

@@ -46,6 +46,43 @@ func shape(_ mixers: [String], layers: Int = 2, d: Int = 32, vocab: Int = 40, ml
 }
 
 @Suite struct LanguageModelBehaviour {
+    /// `hidden` fuses each residual sum with the norm after it; written out unfused (the issue's
+    /// block, sums and norms as separate nodes) the loss and every parameter's gradient must be the
+    /// same bits, with and without MLPs and in a hybrid stack.
+    @Test(arguments: [MLP.Kind.gelu, nil])
+    func fusedResidualNormsAreBitIdenticalToTheUnfusedBlock(mlp: MLP.Kind?) {
+        let names = Array(MixerRegistry.typeNames.prefix(2))
+        guard !names.isEmpty else { return }
+        let model = LanguageModel(shape(names, layers: 3, mlp: mlp), seed: 8)
+        var g = SeededGenerator(seed: 9)
+        let (b, t) = (2, 11)
+        let ids = (0..<(b * t)).map { _ in g.nextInt(below: 40) }
+        let targets = (0..<(b * t)).map { _ in g.nextInt(below: 40) }
+        func gradients(fused: Bool) -> (loss: Float, grads: [[Float]]) {
+            let params = model.namedParameters()
+            for p in params { p.variable.grad = nil }
+            let loss: Variable
+            if fused {
+                loss = model.loss(ids, targets: targets, batch: b, length: t)
+            } else {
+                var x = model.embedding(ids, shape: [b, t])
+                for block in model.blocks {
+                    x = x + block.mixer(block.mixerNorm(x))
+                    if let n = block.mlpNorm, let m = block.mlp { x = x + m(n(x)) }
+                }
+                let h = model.norm(x).reshaped([b * t, 32])
+                loss = crossEntropy(model.logits(h), targets: targets)
+            }
+            loss.backward()
+            return (loss.value.item, params.map { $0.variable.grad?.scalars ?? [] })
+        }
+        let fused = gradients(fused: true), unfused = gradients(fused: false)
+        #expect(fused.loss.bitPattern == unfused.loss.bitPattern, "loss \(fused.loss) against \(unfused.loss)")
+        for (i, p) in model.namedParameters().enumerated() {
+            #expect(!fused.grads[i].isEmpty && fused.grads[i] == unfused.grads[i], "\(p.name): gradients differ")
+        }
+    }
+
     @Test func labelledPositionLossEqualsMaskedFullLoss() {
         guard let first = MixerRegistry.typeNames.first else { return }
         let model = LanguageModel(shape([first]), seed: 4)

@@ -72,6 +72,54 @@ import ZooTestSupport
         #expect(result.worst < 2e-5, "\(result)")
     }
 
+    /// The fused residual sum and norm against finite differences and a Double reference: both
+    /// outputs used (h weighted by a constant r, so each output's gradient path is checked), rows
+    /// across backward blocks, a ragged width.
+    @Test func residualRMSNormGradients() {
+        let (rows, d) = (40, 21)
+        let x = randomTensor([rows, d], seed: 31), f = randomTensor([rows, d], seed: 32), w = randomTensor([d], seed: 33)
+        let r = randomTensor([rows, d], seed: 34)
+        let result = gradientCheck([x, f, w], function: { v in
+            let (h, y) = residualRMSNorm(v[0], v[1], weight: v[2], epsilon: 1e-5)
+            return h * Variable(r) + y
+        }, reference: { v in
+            var out: [Double] = []
+            for row in 0..<rows {
+                let h = (0..<d).map { v[0][row * d + $0] + v[1][row * d + $0] }
+                let rs = 1 / (h.map { $0 * $0 }.reduce(0, +) / Double(d) + 1e-5).squareRoot()
+                out += (0..<d).map { h[$0] * Double(r.scalars[row * d + $0]) + h[$0] * rs * v[2][$0] }
+            }
+            return out
+        })
+        #expect(result.worst < 2e-5, "\(result)")
+    }
+
+    /// `residualRMSNorm` performs the operations of `x + f` then `rmsNorm`, and sums h's two
+    /// gradients (from downstream and through the norm) as the tape does: outputs and every
+    /// gradient bit-identical to the composition, with only the normalised output used as well.
+    @Test(arguments: [true, false])
+    func residualRMSNormIsBitIdenticalToItsComposition(bothOutputsUsed: Bool) {
+        let shape = [3, 50, 40]
+        let x0 = randomTensor(shape, seed: 41), f0 = randomTensor(shape, seed: 42), w0 = randomTensor([40], seed: 43)
+        let rh = randomTensor(shape, seed: 44), ry = randomTensor(shape, seed: 45)
+        func run(fused: Bool) -> [[Float]] {
+            let (x, f, w) = (parameter(x0), parameter(f0), parameter(w0))
+            let h: Variable, y: Variable
+            if fused { (h, y) = residualRMSNorm(x, f, weight: w, epsilon: 1e-5) }
+            else { h = x + f; y = rmsNorm(h, weight: w, epsilon: 1e-5) }
+            let loss = bothOutputsUsed ? (h * Variable(rh)).sum() + (y * Variable(ry)).sum() : (y * Variable(ry)).sum()
+            loss.backward()
+            return [h.value, y.value, x.grad!, f.grad!, w.grad!].map(\.scalars)
+        }
+        let fused = run(fused: true), separate = run(fused: false)
+        for (i, name) in ["h", "y", "∂x", "∂f", "∂w"].enumerated() {
+            let firstDifference = fused[i].indices.first { fused[i][$0] != separate[i][$0] }
+            #expect(fused[i].count == separate[i].count && firstDifference == nil,
+                    "residualRMSNorm: \(name) differs from the composition at element \(firstDifference ?? -1)")
+        }
+        #expect(fused[2].contains { $0 != 0 } && fused[4].contains { $0 != 0 }, "gradients are all zero")
+    }
+
     /// The grouped form (mamba_ssm's RMSNormGated, group_size = E/G) with a weight, across blocks
     /// and with ragged group widths.
     @Test func groupedGatedRMSNormGradients() {
