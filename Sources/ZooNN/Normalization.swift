@@ -60,6 +60,17 @@ private let rowsPerBlock = 32
     1 / (sumOfSquares / Float(n) + eps).squareRoot()
 }
 
+/// y = x ⊙ rstd ⊙ w for one row of d floats, rstd = 1/rms(x), which it returns. Both forwards
+/// normalise through it, so the fused node's norm is the plain one's, bit for bit.
+@inline(__always) private func normaliseRow(_ xr: UnsafePointer<Float>, into yr: UnsafeMutablePointer<Float>,
+                                            weight w: UnsafePointer<Float>, _ d: Int, _ eps: Float) -> Float {
+    let rstd = rsqrtMeanSquare(simdDot(xr, xr, d), d, eps)
+    let vr = F16(repeating: rstd)
+    var i = 0
+    while i < d { storeLanes(yr, i, d, loadLanes(xr, i, d) * vr * loadLanes(w, i, d)); i += 16 }
+    return rstd
+}
+
 /// Forward: y [..., d] and the per-row 1/rms [rows].
 func rmsNormForward(_ x: Tensor, _ w: Tensor, _ eps: Float) -> (y: Tensor, rstd: Tensor) {
     let d = x.shape.last ?? 1
@@ -72,12 +83,7 @@ func rmsNormForward(_ x: Tensor, _ w: Tensor, _ eps: Float) -> (y: Tensor, rstd:
     let pw = SendablePointer(UnsafeMutablePointer(mutating: w.pointer))
     ZooThreads.parallelFor(rows, minChunk: Swift.max(1, 8192 / Swift.max(d, 1))) { range in
         for r in range {
-            let xr = px + r * d, yr = py + r * d
-            let r0 = rsqrtMeanSquare(simdDot(xr, xr, d), d, eps)
-            pr[r] = r0
-            let vr = F16(repeating: r0)
-            var i = 0
-            while i < d { storeLanes(yr, i, d, loadLanes(xr, i, d) * vr * loadLanes(pw.pointer, i, d)); i += 16 }
+            pr[r] = normaliseRow(px + r * d, into: py + r * d, weight: pw.pointer, d, eps)
         }
     }
     return (y, rstd)
@@ -124,12 +130,7 @@ func residualRMSNormForward(_ x: Tensor, _ f: Tensor, _ w: Tensor, _ eps: Float)
             let xr = px + r * d, fr = pf + r * d, hr = ph + r * d, yr = py + r * d
             var i = 0
             while i < d { storeLanes(hr, i, d, loadLanes(xr, i, d) + loadLanes(fr, i, d)); i += 16 }
-            // The same operations as rmsNormForward on h.
-            let r0 = rsqrtMeanSquare(simdDot(hr, hr, d), d, eps)
-            pr[r] = r0
-            let vr = F16(repeating: r0)
-            i = 0
-            while i < d { storeLanes(yr, i, d, loadLanes(hr, i, d) * vr * loadLanes(pw.pointer, i, d)); i += 16 }
+            pr[r] = normaliseRow(hr, into: yr, weight: pw.pointer, d, eps)
         }
     }
     return (h, y, rstd)
